@@ -1,0 +1,17 @@
+"""smoothopt: sharpness-aware and saddle-escaping optimization for existing PyTorch training loops.
+
+Subpackages:
+    :mod:`smoothopt.sam`: SAM and its variants as a wrapper around any ``torch.optim`` optimizer.
+    :mod:`smoothopt.losses`: long-tail losses (LDAM, VS, logit adjustment, focal) and re-weighting.
+    :mod:`smoothopt.saddle`: saddle-escape optimizers and rho schedules.
+    :mod:`smoothopt.hessian`: Hessian spectra (eigenvalues, trace, density, per-class spectra).
+    :mod:`smoothopt.adapt`: domain-adversarial training with SDAT, VAT and S3 subset selection.
+"""
+
+import logging
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = ["__version__"]
