@@ -15,3 +15,7 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["__version__"]
+
+# Each capability adds its public names below, in its own block:
+#   from smoothopt.X import A, B
+#   __all__ += ["A", "B"]
