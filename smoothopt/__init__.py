@@ -16,6 +16,5 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["__version__"]
 
-# Each capability adds its public names below, in its own block:
-#   from smoothopt.X import A, B
-#   __all__ += ["A", "B"]
+# Each capability adds its public names below, in its own block of explicit imports
+# followed by an extension of __all__.
