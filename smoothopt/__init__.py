@@ -18,3 +18,7 @@ __all__ = ["__version__"]
 
 # Each capability adds its public names below, in its own block of explicit imports
 # followed by an extension of __all__.
+
+from smoothopt.sam import SAM  # noqa: E402
+
+__all__ += ["SAM"]
