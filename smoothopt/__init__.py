@@ -22,3 +22,25 @@ __all__ = ["__version__"]
 from smoothopt.sam import SAM  # noqa: E402
 
 __all__ += ["SAM"]
+
+from smoothopt.losses import (  # noqa: E402
+    CDTLoss,
+    CosineClassifier,
+    DeferredReweighting,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    VSLoss,
+    class_balanced_weights,
+)
+
+__all__ += [
+    "CDTLoss",
+    "CosineClassifier",
+    "DeferredReweighting",
+    "FocalLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "VSLoss",
+    "class_balanced_weights",
+]
