@@ -44,3 +44,7 @@ __all__ += [
     "VSLoss",
     "class_balanced_weights",
 ]
+
+from smoothopt.hessian import NegativeCurvatureEscape  # noqa: E402
+
+__all__ += ["NegativeCurvatureEscape"]

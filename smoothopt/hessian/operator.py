@@ -1,0 +1,395 @@
+r"""Hessian-vector products of a model's loss over a batch, a list of batches or a data loader.
+
+The operator :math:`v \mapsto H v` with
+
+.. math::
+    H = \nabla^2_\theta \frac{1}{N} \sum_{i=1}^{N} \ell(f_\theta(x_i), y_i)
+      = \sum_b \frac{n_b}{N} \nabla^2_\theta L_b(\theta),
+
+where :math:`L_b` is the (mean-reduced) loss of batch :math:`b` with :math:`n_b` samples, so uneven
+batches are weighted by their exact sample counts. With ``num_groups`` the samples are split by
+their integer target into groups (classes) and the operator returns one product per group, each
+normalised by that group's count: :math:`H_c v_c` for every class :math:`c` in one pass over the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from smoothopt._validation import check_choice, check_int
+from smoothopt.hessian._flat import flatten, select_params, unflatten
+
+__all__ = ["HessianOperator", "MatrixOperator"]
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[Any, Tensor]
+
+
+class MatrixOperator:
+    """A dense symmetric matrix behind the operator interface (tests and small problems).
+
+    Args:
+        matrix: Symmetric tensor of shape ``(n, n)``.
+
+    Example:
+        >>> op = MatrixOperator(torch.diag(torch.tensor([3.0, 1.0])))
+        >>> op.matvec(torch.tensor([1.0, 1.0]))
+        tensor([3., 1.])
+    """
+
+    num_groups = 1
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix must be square, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+        self.num_matvecs = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Return ``matrix @ v`` for ``v`` of shape ``(n,)`` or ``(k, n)``."""
+        self.num_matvecs += 1 if v.dim() == 1 else v.shape[0]
+        return v @ self.matrix.T
+
+    def matvec_grouped(self, v: Tensor) -> Tensor:
+        """Products for ``v`` of shape ``(1, k, n)``; a matrix is a single group."""
+        return self.matvec(v.reshape(-1, self.dim)).reshape(v.shape)
+
+
+class HessianOperator:
+    r"""Hessian of a model's mean loss over some data, applied to vectors without forming it.
+
+    Args:
+        model: The network; its mode, parameters, buffers and ``.grad`` are left as found.
+        loss_fn: ``loss_fn(model(inputs), targets)`` returning the mean loss of a batch.
+        data: One batch ``(inputs, targets)``, a list of such batches, or any re-iterable loader
+            yielding them.
+        params: Parameters to differentiate with respect to (default: all with ``requires_grad``).
+            A parameter the loss does not use gets zero rows.
+        engine: ``"graph"`` builds the gradient graph of every batch once and reuses it for every
+            product (fast; memory grows with the data), ``"recompute"`` runs forward and backward
+            per batch per pass (memory of one batch), ``"auto"`` picks ``"graph"`` for a single
+            batch given as tensors and ``"recompute"`` otherwise.
+        num_groups: If given, the integer targets in ``[0, num_groups)`` split the samples into
+            groups and every product is per group (see :meth:`matvec_grouped`).
+        mode: ``"eval"`` (default, as in Hessian analyses) or ``"train"`` mode during the passes;
+            in train mode, buffers (BatchNorm statistics) are restored after every pass.
+        check_data: Whether to fingerprint the data each pass and raise when it changes.
+        vectorize: Apply several vectors through one batched backward (``is_grads_batched``)
+            instead of a loop; faster on GPUs, often slower on one CPU thread.
+        distributed: All-reduce products and counts over the default process group; ``None``
+            turns it on when ``torch.distributed`` is initialised with more than one process.
+
+    Raises:
+        TypeError: If ``data`` is not a batch, a list of batches or an iterable of batches.
+
+    Note:
+        ``loss_fn`` must reduce by the mean over the batch, as ``F.cross_entropy`` does by default.
+        With class weights, a batch's mean loss is the weighted mean; the per-batch weighting used
+        here is then the sample count, not the weight sum.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> op = HessianOperator(model, nn.functional.cross_entropy, (torch.randn(8, 3), torch.randint(2, (8,))))
+        >>> op.matvec(torch.randn(op.dim)).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Sequence[Batch] | Iterable[Batch],
+        *,
+        params: Iterable[nn.Parameter] | None = None,
+        engine: Literal["auto", "graph", "recompute"] = "auto",
+        num_groups: int | None = None,
+        mode: Literal["eval", "train"] = "eval",
+        check_data: bool = True,
+        vectorize: bool = False,
+        distributed: bool | None = None,
+    ) -> None:
+        check_choice("engine", engine, ("auto", "graph", "recompute"))
+        check_choice("mode", mode, ("eval", "train"))
+        if num_groups is not None:
+            check_int("num_groups", num_groups, 1)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.params = select_params(model, params)
+        self.dim = sum(p.numel() for p in self.params)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.num_groups = 1 if num_groups is None else num_groups
+        self._split = num_groups is not None
+        self.mode = mode
+        self.check_data = check_data
+        self.vectorize = vectorize
+        if distributed is None:
+            distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.distributed = bool(distributed)
+        self.num_passes = 0
+        self.num_matvecs = 0
+        self._fingerprint: Tensor | None = None
+
+        single = _is_batch(data)
+        if single:
+            self._data: Any = [data]
+        elif isinstance(data, (list, tuple)):
+            if not all(_is_batch(b) for b in data):
+                raise TypeError("data must be (inputs, targets), a list of such batches or a loader yielding them")
+            self._data = list(data)
+        elif isinstance(data, Iterable):
+            self._data = data
+        else:
+            raise TypeError(f"data must be a batch, a list of batches or a loader, got {type(data).__name__}")
+        if engine == "auto":
+            engine = "graph" if single else "recompute"
+        self.engine = engine
+        self._graphs: list[tuple[list[Tensor], list[int], int, int]] | None = None
+        self.counts = torch.zeros(self.num_groups, dtype=torch.float64)
+        if engine == "graph":
+            self._build_graphs()
+
+    # ----------------------------------------------------------------- public
+    @property
+    def priors(self) -> Tensor:
+        r"""Fraction of the samples in each group, :math:`\pi_c = n_c / N` (float64, shape ``(G,)``)."""
+        if self.engine == "recompute" and self.num_passes == 0:
+            self._pass(torch.zeros(self.num_groups, 0, self.dim, dtype=self.dtype, device=self.device))
+        return self.counts / self.counts.sum()
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Return :math:`H v` for ``v`` of shape ``(n,)`` or ``(k, n)`` (one group only).
+
+        Raises:
+            RuntimeError: If the operator has several groups; use :meth:`matvec_grouped`.
+        """
+        if self.num_groups != 1:
+            raise RuntimeError("this operator has several groups; call matvec_grouped with shape (G, k, n)")
+        flat = v.reshape(1, -1, self.dim)
+        return self.matvec_grouped(flat).reshape(v.shape)
+
+    def matvec_grouped(self, v: Tensor) -> Tensor:
+        """Return :math:`H_c v_{c,j}` for every group ``c`` and vector ``j`` in one pass over the data.
+
+        Shape:
+            - v: ``(G, k, n)`` with ``G = num_groups``.
+            - output: ``(G, k, n)``, in the parameters' dtype and device.
+        """
+        if v.dim() != 3 or v.shape[0] != self.num_groups or v.shape[2] != self.dim:
+            raise ValueError(f"v must have shape ({self.num_groups}, k, {self.dim}), got {tuple(v.shape)}")
+        v = v.to(device=self.device, dtype=self.dtype)
+        self.num_matvecs += v.shape[0] * v.shape[1]
+        return self._pass(v)
+
+    def gradient(self) -> Tensor:
+        """Flat gradient of the loss over all the data (one group only), shape ``(n,)``.
+
+        With the ``"graph"`` engine the stored first-order graphs are reused; otherwise it is one
+        extra pass. Nothing is written to ``.grad``.
+        """
+        if self.num_groups != 1:
+            raise RuntimeError("gradient() needs a single-group operator")
+        total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        count = 0.0
+        if self.engine == "graph":
+            assert self._graphs is not None  # noqa: S101 - internal invariant
+            for grads, idx, _, n_b in self._graphs:
+                full: list[Tensor | None] = [None] * len(self.params)
+                for g, i in zip(grads, idx):
+                    full[i] = g.detach()
+                total += n_b * flatten(full, self.params)
+                count += n_b
+        else:
+            with self._model_state():
+                for inputs, targets, _ in self._chunks(None):
+                    with torch.enable_grad():
+                        loss = self.loss_fn(self.model(inputs), targets)
+                        g = torch.autograd.grad(loss, self.params, allow_unused=True)
+                    n_b = _batch_size(targets)
+                    total += n_b * flatten(g, self.params)
+                    count += n_b
+        if self.distributed:
+            packed = torch.cat([total, total.new_tensor([count])])
+            dist.all_reduce(packed)
+            total, count = packed[:-1], float(packed[-1])
+        return total / max(count, 1.0)
+
+    # ---------------------------------------------------------------- private
+    def _pass(self, v: Tensor) -> Tensor:
+        """One pass over the data: accumulate ``n_b * H_b v_g`` per group, then normalise (Eq. above)."""
+        out = torch.zeros_like(v)
+        if self.engine == "graph":
+            assert self._graphs is not None  # noqa: S101 - internal invariant
+            for grads, idx, group, n_b in self._graphs:
+                if v.shape[1]:
+                    out[group] += n_b * self._apply(grads, idx, v[group], retain=True)
+            counts = self.counts.clone()
+        else:
+            counts = torch.zeros(self.num_groups, dtype=torch.float64)
+            fingerprint = torch.zeros(4, dtype=torch.float64)
+            with self._model_state():
+                for inputs, targets, group in self._chunks(fingerprint):
+                    n_b = _batch_size(targets)
+                    counts[group] += n_b
+                    if v.shape[1]:
+                        grads, idx = self._gradient(inputs, targets)
+                        out[group] += n_b * self._apply(grads, idx, v[group], retain=False)
+            self._check_fingerprint(fingerprint)
+            if self.distributed:
+                counts = counts.to(self.device)
+                dist.all_reduce(counts)
+                counts = counts.cpu()
+            self.counts = counts
+        if self.distributed and v.shape[1]:
+            dist.all_reduce(out)
+        self.num_passes += 1
+        scale = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+        return out * scale.to(device=out.device, dtype=out.dtype).view(-1, 1, 1)
+
+    def _build_graphs(self) -> None:
+        graphs = []
+        counts = torch.zeros(self.num_groups, dtype=torch.float64)
+        with self._model_state():
+            for inputs, targets, group in self._chunks(None):
+                grads, idx = self._gradient(inputs, targets)
+                n_b = _batch_size(targets)
+                counts[group] += n_b
+                graphs.append((grads, idx, group, n_b))
+        if self.distributed:
+            counts = counts.to(self.device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        self.counts = counts
+        self._graphs = graphs
+
+    def _chunks(self, fingerprint: Tensor | None) -> Iterator[tuple[Any, Tensor, int]]:
+        for batch in self._data:
+            if not _is_batch(batch):
+                raise TypeError(f"each batch must be (inputs, targets), got {type(batch).__name__}")
+            inputs, targets = batch
+            if fingerprint is not None:
+                fingerprint += _fingerprint(inputs, targets)
+            inputs = _to(inputs, self.device)
+            targets = targets.to(self.device)
+            if not self._split:
+                yield inputs, targets, 0
+                continue
+            if targets.dim() != 1 or targets.is_floating_point():
+                raise TypeError("num_groups needs integer class targets of shape (batch,)")
+            lo, hi = int(targets.min()), int(targets.max())
+            if lo < 0 or hi >= self.num_groups:
+                raise ValueError(f"targets must be in [0, {self.num_groups - 1}] for num_groups={self.num_groups}, "
+                                 f"got values in [{lo}, {hi}]")
+            for c in torch.unique(targets).tolist():
+                mask = targets == c
+                yield _index(inputs, mask), targets[mask], int(c)
+
+    def _gradient(self, inputs: Any, targets: Tensor) -> tuple[list[Tensor], list[int]]:
+        """First backward with ``create_graph``; returns the gradients that depend on the parameters."""
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(inputs), targets)
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar (mean) loss, got shape {tuple(loss.shape)}")
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        idx = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return [grads[i] for i in idx], idx
+
+    def _apply(self, grads: list[Tensor], idx: list[int], v: Tensor, *, retain: bool) -> Tensor:
+        r"""Second backward: :math:`H_b v = \nabla_\theta (g_b^\top v)` for each row of ``v`` (k, n)."""
+        k = v.shape[0]
+        if not grads:
+            return torch.zeros_like(v)
+        pieces = unflatten(v, self.params)
+        outputs = [pieces[i] for i in idx]
+        if self.vectorize and k > 1:
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=outputs, retain_graph=retain,
+                                     allow_unused=True, is_grads_batched=True)
+            return flatten(hv, self.params) if any(h is not None for h in hv) else torch.zeros_like(v)
+        rows = []
+        for j in range(k):
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=[o[j] for o in outputs],
+                                     retain_graph=retain or j < k - 1, allow_unused=True)
+            rows.append(flatten(hv, self.params))
+        return torch.stack(rows)
+
+    def _check_fingerprint(self, fingerprint: Tensor) -> None:
+        if not self.check_data:
+            return
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint
+            return
+        if not torch.allclose(fingerprint, self._fingerprint, rtol=1e-9, atol=1e-12):
+            raise RuntimeError(
+                "the data changed between passes over the loader (sum of inputs "
+                f"{self._fingerprint[1].item():.9g} -> {fingerprint[1].item():.9g}); the Hessian operator must be "
+                "fixed: turn data augmentation off and do not drop a random last batch "
+                "(or pass check_data=False if the change is intended)"
+            )
+
+    @contextlib.contextmanager
+    def _model_state(self) -> Iterator[None]:
+        """Put the model in the requested mode and restore modes (and, in train mode, buffers) afterwards."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()] if self.mode == "train" else []
+        self.model.train(self.mode == "train")
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+
+def _is_batch(obj: Any) -> bool:
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], Tensor) and (
+        isinstance(obj[0], Tensor) or isinstance(obj[0], (tuple, list, dict))
+    )
+
+
+def _batch_size(targets: Tensor) -> int:
+    return int(targets.shape[0]) if targets.dim() else 1
+
+
+def _to(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: _to(v, device) for k, v in inputs.items()}
+    return type(inputs)(_to(x, device) for x in inputs)
+
+
+def _index(inputs: Any, mask: Tensor) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs[mask]
+    if isinstance(inputs, dict):
+        return {k: _index(v, mask) for k, v in inputs.items()}
+    return type(inputs)(_index(x, mask) for x in inputs)
+
+
+def _fingerprint(inputs: Any, targets: Tensor) -> Tensor:
+    """Order-independent summary (count, sum, sum of squares, target sum) of a batch, in float64."""
+    tensors = [inputs] if isinstance(inputs, Tensor) else list(inputs.values() if isinstance(inputs, dict) else inputs)
+    out = torch.zeros(4, dtype=torch.float64)
+    out[0] = _batch_size(targets)
+    for t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point():
+            t64 = t.detach().to(torch.float64)
+            out[1] += t64.sum().cpu()
+            out[2] += t64.square().sum().cpu()
+    out[3] = targets.detach().to(torch.float64).sum().cpu()
+    return out
