@@ -66,7 +66,7 @@ def virtual_adversarial_perturbation(
         model: Maps inputs to logits.
         x: Inputs.
         logits: ``model(x)`` if already computed (detached here); computed without grad otherwise.
-        xi: Finite-difference radius of the power iteration (relative to unit ``d``).
+        xi: Smallest finite-difference radius of the power iteration (see the note).
         eps: Radius of the final perturbation (L2 per sample); it depends on the input scale, so
             tune it per data set.
         power_iterations: Number of power iterations (VAT uses 1).
@@ -77,7 +77,10 @@ def virtual_adversarial_perturbation(
 
     Note:
         The power iterations run with autocast disabled: at ``xi = 1e-6`` a half-precision forward
-        would round the perturbation away and return a gradient of zeros or noise. The model's
+        would round the perturbation away and return a gradient of zeros or noise. For the same
+        reason the radius used is ``max(xi, sqrt(machine_eps) * ||x_i||)`` per sample (about
+        ``3.5e-4 * ||x_i||`` in float32), and a sample whose gradient still vanishes keeps its
+        random direction. The model's
         BatchNorm statistics are updated by these forward passes; wrap the call to freeze them if
         that matters.
     """
@@ -96,17 +99,26 @@ def virtual_adversarial_perturbation(
         p_logits = logits.detach()
 
         # Step 1: d ~ N(0, I), normalised per sample.
-        d = _unit(torch.randn(x.shape, generator=generator, dtype=work).to(x.device))
+        draw_on = generator.device if generator is not None else x.device
+        # NOTE: drawn in float32 whatever the working precision, so that the draws do not depend on it.
+        d = _unit(torch.randn(x.shape, generator=generator, dtype=torch.float32, device=draw_on).to(x.device, work))
 
-        # Step 2: power iteration d <- grad_r KL(p || p(x + r)) at r = xi d, normalised (Eq. 13).
+        # Step 2: the finite-difference radius, raised per sample to sqrt(machine eps) * ||x_i|| so
+        # that x + xi d differs from x after rounding (the usual choice of a difference step).
+        x_norm = x.flatten(1).norm(dim=1)
+        radius = torch.clamp(x_norm * torch.finfo(work).eps ** 0.5, min=xi).view(-1, *([1] * (x.ndim - 1)))
+
+        # Step 3: power iteration d <- grad_r KL(p || p(x + r)) at r = xi d, normalised (Eq. 13);
+        # a sample whose gradient vanishes keeps its previous direction.
         for _ in range(power_iterations):
-            r = (xi * d).requires_grad_(True)
+            r = (radius * d).requires_grad_(True)
             with torch.enable_grad():
                 kl = _kl_from_logits(p_logits, model(x + r)).sum()
                 (grad,) = torch.autograd.grad(kl, r)
-            d = _unit(grad.detach())
+            alive = (grad.flatten(1).norm(dim=1) > 0).view(-1, *([1] * (x.ndim - 1)))
+            d = torch.where(alive, _unit(grad.detach()), d)
 
-    # Step 3: r_adv = eps d (Eq. 12).
+    # Step 4: r_adv = eps d (Eq. 12).
     return (eps * d).to(out_dtype)
 
 
