@@ -19,9 +19,9 @@ __all__ = ["__version__"]
 # Each capability adds its public names below, in its own block of explicit imports
 # followed by an extension of __all__.
 
-from smoothopt.sam import SAM  # noqa: E402
+from smoothopt.sam import GSAM, SAM, EveryKSteps, LookSAM, RandomSteps, freeze_norm_stats  # noqa: E402
 
-__all__ += ["SAM"]
+__all__ += ["GSAM", "SAM", "EveryKSteps", "LookSAM", "RandomSteps", "freeze_norm_stats"]
 
 from smoothopt.losses import (  # noqa: E402
     CDTLoss,
@@ -48,3 +48,7 @@ __all__ += [
 from smoothopt.hessian import NegativeCurvatureEscape  # noqa: E402
 
 __all__ += ["NegativeCurvatureEscape"]
+
+from smoothopt.saddle import PerturbedGD, PhasedRho  # noqa: E402
+
+__all__ += ["PerturbedGD", "PhasedRho"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["bucket", "dot", "global_norm", "split_sparse"]
+__all__ = ["bucket", "dot", "global_norm", "scale_", "split_sparse"]
 
 
 def bucket(*lists: Sequence[Tensor]) -> list[tuple[list[Tensor], ...]]:
@@ -89,3 +89,13 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     if not terms:
         return torch.zeros(())
     return torch.stack([t.to(terms[0].device) for t in terms]).sum()
+
+
+def scale_(tensors: Sequence[Tensor], factor: Tensor | float) -> None:
+    """Multiply every tensor in place by ``factor`` (a 0-dim tensor or a number), sparse ones included."""
+    for (group,) in bucket([t for t in tensors if not t.is_sparse]):
+        f = factor.to(group[0].device) if isinstance(factor, Tensor) else factor
+        torch._foreach_mul_(group, f)
+    for t in tensors:
+        if t.is_sparse:
+            t.mul_(factor.to(t.device) if isinstance(factor, Tensor) else factor)

@@ -6,8 +6,8 @@ Map from the papers to the code:
 paper                  code
 =====================  ==============================================================
 :math:`w`              the parameters of the groups whose ``rho`` is positive
-:math:`\rho`            ``group["rho"]`` (a float, or a callable of the step count)
-:math:`\epsilon(w)`     the perturbation applied by :meth:`SAM.first_step`
+:math:`\rho`           ``group["rho"]`` (a float, or a callable of the step count)
+:math:`\epsilon(w)`    the perturbation applied by :meth:`SAM.first_step`
 :math:`T_w`            ``|w| + eta`` elementwise when ``group["adaptive"]`` (ASAM)
 =====================  ==============================================================
 """
@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from smoothopt._validation import check_real
-from smoothopt.sam._foreach import bucket, global_norm, split_sparse
+from smoothopt.sam._foreach import bucket, global_norm, scale_, split_sparse
 
 __all__ = ["SAM", "Rho"]
 
@@ -147,6 +147,7 @@ class SAM(Optimizer):
         self.last_perturbation_norm: Tensor | None = None
         self.last_sharpness: Tensor | None = None
         self._first_done = False
+        self._ascended = False
         self._perturbed: list[tuple[list[Tensor], list[Tensor]]] = []
         self._backup: dict[Tensor, Tensor] = {}
         self._only: set[Tensor] | None = None
@@ -260,6 +261,11 @@ class SAM(Optimizer):
         if "schedule" in sam and self.schedule is not None and hasattr(self.schedule, "load_state_dict"):
             self.schedule.load_state_dict(sam["schedule"])
 
+    @property
+    def is_perturbed(self) -> bool:
+        r"""Whether the weights are currently at :math:`w + \epsilon` (between the ascent and the descent)."""
+        return bool(self._perturbed)
+
     def current_rho(self, group: dict[str, Any]) -> float:
         """Radius used by ``group`` at the current step (a callable ``rho`` evaluated at :attr:`sam_steps`).
 
@@ -307,6 +313,7 @@ class SAM(Optimizer):
             perturb = self._ascend()
         else:
             self.last_perturbation_norm = torch.zeros(())
+        self._ascended = perturb
         self._first_done = True
         if zero_grad:
             self.zero_grad()
@@ -317,6 +324,7 @@ class SAM(Optimizer):
         if not groups:
             self.last_perturbation_norm = torch.zeros(())
             return False
+        self._on_ascent(groups)
 
         # 1. T_w g for each tensor (T_w = I for SAM, |w| + eta for ASAM) and the joint norm ||T_w g||, Eq. (2)
         #    of Foret et al. / Eq. (12) of Kwon et al.
@@ -447,22 +455,27 @@ class SAM(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         if found_inf is not None and bool(found_inf.item()):
             return
+        inv_scale = None
         if grad_scale is not None:
+            inv_scale = grad_scale.double().reciprocal().float()
             grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-            dense = [g for g in grads if not g.is_sparse]
-            inv = grad_scale.double().reciprocal().float()
-            for (gs,) in bucket(dense):
-                torch._foreach_mul_(gs, inv.to(gs[0].device))
-            for g in grads:
-                if g.is_sparse:
-                    g.mul_(inv.to(g.device))
+            scale_(grads, inv_scale)
 
         # 6. the base optimizer's step with the gradient taken at w + epsilon, Eq. (3) of Foret et al.
-        self._adjust_gradient()
+        self._adjust_gradient(self._ascended, inv_scale)
         self.base_optimizer.step()
 
-    def _adjust_gradient(self) -> None:
-        """Hook for variants (GSAM, LookSAM) that change the descent gradient; SAM uses it unchanged."""
+    def _on_ascent(self, groups: list[tuple[dict[str, Any], float, list[Tensor], list[Tensor]]]) -> None:
+        """Hook for variants that keep the clean gradient (GSAM, LookSAM); SAM keeps nothing."""
+
+    def _adjust_gradient(self, ascended: bool, inv_scale: Tensor | None) -> None:
+        """Hook for variants that change the descent gradient; SAM uses the perturbed gradient unchanged.
+
+        Args:
+            ascended: Whether this step perturbed the weights (``.grad`` is then the perturbed gradient).
+            inv_scale: ``1 / grad_scale`` when GradScaler's scale was removed from ``.grad`` in this step, for
+                gradients saved during the ascent (which still carry the scale).
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_optimizer={self.base_optimizer!r})"
