@@ -48,3 +48,7 @@ __all__ += [
 from smoothopt.hessian import NegativeCurvatureEscape  # noqa: E402
 
 __all__ += ["NegativeCurvatureEscape"]
+
+from smoothopt.saddle import PerturbedGD, PhasedRho  # noqa: E402
+
+__all__ += ["PerturbedGD", "PhasedRho"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from smoothopt._validation import check_choice
+from smoothopt._validation import check_choice, check_int, check_real
 
 __all__ = [
     "Reduction",
@@ -22,6 +22,7 @@ __all__ = [
     "as_class_counts",
     "check_logits_and_target",
     "compute_dtype",
+    "resolve_start_epoch",
     "weighted_reduce",
 ]
 
@@ -73,6 +74,31 @@ def as_class_counts(cls_num_list: Sequence[int] | Tensor | Any, name: str = "cls
                 f"{name}[{j}] must be in [1, inf), got {int(v)}; drop classes without training images"
             )
     return counts
+
+
+def resolve_start_epoch(total_epochs: int, start: float | int, name: str = "start") -> int:
+    """Turn a phase start given as a fraction of training (float) or an epoch (int) into an epoch index.
+
+    Args:
+        total_epochs: Length of training in epochs, in ``[1, inf)``.
+        start: A float in ``(0, 1)``, rounded to ``round(start * total_epochs)``, or an int epoch in
+            ``[0, total_epochs]`` (``total_epochs`` means the phase never starts).
+        name: Argument name used in error messages.
+
+    Returns:
+        The first epoch (counted from 0) of the phase.
+
+    Raises:
+        TypeError: If ``start`` is neither an int nor a float.
+        ValueError: If ``total_epochs`` or ``start`` is outside its range.
+    """
+    total_epochs = check_int("total_epochs", total_epochs, 1)
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        raise TypeError(f"{name} must be a float fraction in (0, 1) or an int epoch, got {type(start).__name__}")
+    if isinstance(start, int):
+        return check_int(name, start, 0, total_epochs)
+    fraction = check_real(name, start, 0.0, 1.0, low_open=True, high_open=True)
+    return int(round(fraction * total_epochs))
 
 
 def check_logits_and_target(logits: Tensor, target: Tensor, num_classes: int | None = None) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from smoothopt._validation import check_int, check_real
-from smoothopt.losses._common import as_class_counts
+from smoothopt.losses._common import as_class_counts, resolve_start_epoch
 
 __all__ = ["DeferredReweighting", "class_balanced_weights"]
 
@@ -107,13 +107,7 @@ class DeferredReweighting:
         self.cls_num_list = [int(n) for n in as_class_counts(cls_num_list).tolist()]
         self.total_epochs = check_int("total_epochs", total_epochs, 1)
         self.beta = check_real("beta", beta, 0.0, 1.0, high_open=True)
-        if isinstance(start, bool) or not isinstance(start, (int, float)):
-            raise TypeError(f"start must be a float fraction in (0, 1) or an int epoch, got {type(start).__name__}")
-        if isinstance(start, int):
-            self.start_epoch = check_int("start", start, 0, self.total_epochs)
-        else:
-            fraction = check_real("start", start, 0.0, 1.0, low_open=True, high_open=True)
-            self.start_epoch = int(round(fraction * self.total_epochs))
+        self.start_epoch = resolve_start_epoch(self.total_epochs, start)
         self.start = start
         self._weights = class_balanced_weights(self.cls_num_list, self.beta)
 
