@@ -16,9 +16,9 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else str(low)
-        hi = "inf" if high is None else str(high)
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+        left = "(-inf" if low is None else f"[{low}"
+        right = "inf)" if high is None else f"{high}]"
+        raise ValueError(f"{name} must be in {left}, {right}, got {value}")
     return value
 
 
@@ -31,7 +31,9 @@ def check_real(name: str, value: Any, *, low: float = -math.inf, high: float = m
     below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
     if math.isnan(value) or below or above:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        left = "(" if low_open or math.isinf(low) else "["
+        right = ")" if high_open or math.isinf(high) else "]"
+        interval = f"{left}{low}, {high}{right}"
         raise ValueError(f"{name} must be in {interval}, got {value}")
     return value
 

@@ -87,8 +87,8 @@ def _callback_class() -> type:
         def __init__(self, last_k: int | None = 10, *, timestep_below: float | None = None,
                      sigma_below: float | None = None) -> None:
             super().__init__()
-            self._window = {"last_k": last_k, "timestep_below": timestep_below, "sigma_below": sigma_below}
-            TrajectoryVariance(**self._window)  # validate now
+            self._last_k, self._timestep_below, self._sigma_below = last_k, timestep_below, sigma_below
+            TrajectoryVariance(last_k, timestep_below=timestep_below, sigma_below=sigma_below)  # validate now
             self.recorder: TrajectoryRecorder | None = None
 
         def callback_fn(self, pipeline: Any, step_index: int, timestep: Any,
@@ -96,12 +96,13 @@ def _callback_class() -> type:
             if step_index == 0:
                 if self.recorder is not None:
                     self.recorder.detach()
-                self.recorder = attach(pipeline.scheduler, **self._window)
-                if self.recorder.tracker.window.kind == "position" and self._window["last_k"] >= (
-                        self.recorder.num_steps):
+                self.recorder = attach(pipeline.scheduler, self._last_k, timestep_below=self._timestep_below,
+                                       sigma_below=self._sigma_below)
+                last_k = self.recorder.tracker.window.last_k
+                if last_k is not None and last_k >= self.recorder.num_steps:
                     self.recorder.detach()
-                    raise ValueError(f"last_k={self._window['last_k']} covers the first step, which a step-end "
-                                     "callback cannot see; use a shorter window or hallucfilter.attach()")
+                    raise ValueError(f"last_k={last_k} covers the first step, which a step-end callback cannot "
+                                     "see; use a shorter window or hallucfilter.attach()")
             elif self.recorder is None:
                 raise RuntimeError("TrajectoryVarianceCallback joined a run after its first step")
             num_timesteps = getattr(pipeline, "num_timesteps", None)

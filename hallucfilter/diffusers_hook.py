@@ -109,8 +109,8 @@ class TrajectoryRecorder:
             first_order = not self._second_order or bool(sched.state_in_first_order)
             output = original_step(*args, **kwargs)
             if first_order:
-                values = list(args[:3]) + [kwargs[p] for p in params[len(args):]]
-                self._record(*values, output)
+                model_output, timestep, sample = list(args[:3]) + [kwargs[p] for p in params[len(args):]]
+                self._record(model_output, timestep, sample, output)
             return output
 
         sched.step = step

@@ -156,7 +156,7 @@ def test_errors_are_clear():
         TrajectoryVariance(last_k=5, sigma_below=0.1)
     with pytest.raises(ValueError, match="at most one of"):
         Window(last_k=None, timestep_below=3, sigma_below=0.1)
-    with pytest.raises(ValueError, match=r"last_k must be in \[1, inf\], got 0"):
+    with pytest.raises(ValueError, match=r"last_k must be in \[1, inf\), got 0"):
         TrajectoryVariance(last_k=0)
     with pytest.raises(TypeError, match="floating-point tensor"):
         TrajectoryVariance(last_k=1).update(torch.zeros(2, dtype=torch.long), step=0, num_steps=1)
