@@ -52,3 +52,29 @@ __all__ += ["NegativeCurvatureEscape"]
 from smoothopt.saddle import PerturbedGD, PhasedRho  # noqa: E402
 
 __all__ += ["PerturbedGD", "PhasedRho"]
+
+from smoothopt.adapt import (  # noqa: E402
+    BottleneckClassifier,
+    CDANLoss,
+    DANNLoss,
+    DomainDiscriminator,
+    GradientReversal,
+    MCCLoss,
+    SDATStep,
+    s3_select,
+    sdat_step,
+    vat_loss,
+)
+
+__all__ += [
+    "BottleneckClassifier",
+    "CDANLoss",
+    "DANNLoss",
+    "DomainDiscriminator",
+    "GradientReversal",
+    "MCCLoss",
+    "SDATStep",
+    "s3_select",
+    "sdat_step",
+    "vat_loss",
+]
