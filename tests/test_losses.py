@@ -138,6 +138,20 @@ def test_vs_hand_computed():
     torch.testing.assert_close(got, torch.tensor([-_log_softmax_at(adjusted, 1)], dtype=torch.float64))
 
 
+def test_logit_adjustment_hand_computed():
+    # n = [3, 1], tau = 1: the logits [0, 0] become [log 3/4, log 1/4], so p = [3/4, 1/4] and the loss of
+    # class 1 is -log(1/4) = log 4.
+    got = LogitAdjustedLoss([3, 1], tau=1.0)(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1]))
+    assert float(got) == pytest.approx(math.log(4.0), rel=1e-7)
+
+
+def test_cdt_hand_computed():
+    # n = [4, 1], gamma = 1/2: Delta = [1, 1/2]; logits [log 2, 2 log 3] become [log 2, log 3], p_1 = 3/5.
+    logits = torch.tensor([[math.log(2.0), 2 * math.log(3.0)]], dtype=torch.float64)
+    got = CDTLoss([4, 1], gamma=0.5)(logits, torch.tensor([1]))
+    assert float(got) == pytest.approx(-math.log(0.6), rel=1e-7)
+
+
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
 def test_focal_hand_computed(gamma):
     # logits [0, log 3]: p = softmax = [1/4, 3/4].
