@@ -1,0 +1,76 @@
+"""Reproduction of Aithal et al., "Understanding Hallucinations in Diffusion Models through Mode Interpolation".
+
+``python -m benchmarks hallucination --preset {smoke,cpu,paper}``. See
+``docs/reproductions/hallucination.md`` for what each preset measured.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from benchmarks._harness import Experiment
+from benchmarks.hallucination.experiments import run_unit, unit_keys
+from benchmarks.hallucination.report import build_report
+
+_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-3, "beta_end": 0.2, "start": 300, "train_t_max": 1000}
+
+_COMMON: dict[str, Any] = {
+    "schedule": _SCHEDULE,
+    "windows": ["K2", "K3", "K5", "K10", "K20"],
+    "primary_window": {"oned": "K10", "grid": "K5", "shapes": "t20"},
+    "k_sigma": 6.0,
+    "k_sigma_alt": 4.0,
+    "retention": 0.96,
+    "removal": 0.95,
+}
+
+_PAPER: dict[str, Any] = {
+    **_COMMON,
+    "oned": {"means": [[1, 2, 3], [1, 2, 4, 5]], "sizes": [5_000, 20_000, 50_000], "std": 0.05,
+             "width": 128, "num_blocks": 3, "tied": False, "steps": 20_000, "batch_size": 10_000,
+             "lr": 1e-3, "lr_final": 1e-3, "samples": 100_000},
+    "grid": {"n": 100_000, "std": 0.05, "width": 128, "num_blocks": 3, "tied": False, "steps": 100_000,
+             "batch_size": 10_000, "lr": 1e-3, "lr_final": 1e-3, "samples": 100_000},
+    "shapes": {"enabled": True, "n": 5_000, "size": 64, "channels": [64, 128, 128], "steps": 100_000,
+               "batch_size": 128, "lr": 1e-4, "lr_final": 1e-4, "samples": 10_000, "sample_steps": 300,
+               "sample_batch": 500, "write_png": 5_000, "windows": ["K3", "K5", "K10", "t10", "t20", "t40"]},
+    "recursive_grid": {"enabled": True, "n": 100_000, "std": 0.05, "width": 128, "num_blocks": 3, "tied": False,
+                       "steps": 50_000, "batch_size": 10_000, "lr": 1e-3, "lr_final": 1e-3, "generations": 5,
+                       "filter_fraction": 0.0244, "window": "K10"},
+    "recursive_digits": {"enabled": True, "source": "mnist", "mnist_dir": None, "width": 512, "num_blocks": 3,
+                         "tied": False, "steps": 50_000,
+                         "batch_size": 1_024, "lr": 1e-3, "lr_final": 1e-4, "generations": 5,
+                         "filter_fraction": 0.0244, "window": "K10"},
+}
+
+_CPU: dict[str, Any] = copy.deepcopy(_PAPER)
+_CPU["oned"].update(sizes=[2_000, 20_000], steps=3_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
+_CPU["grid"].update(steps=6_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
+_CPU["shapes"].update(n=2_000, size=32, channels=[16, 32, 32], steps=300, batch_size=32, lr=2e-3, lr_final=1e-4,
+                      samples=256, sample_steps=50, sample_batch=256, write_png=64)
+_CPU["recursive_grid"].update(n=5_000, width=64, steps=3_000, batch_size=512, lr=3e-3, lr_final=1e-5,
+                              filter_fraction=0.1, window="K5")
+_CPU["recursive_digits"].update(source="digits", width=256, steps=2_000, batch_size=256, lr=2e-3, lr_final=1e-5,
+                                filter_fraction=0.1, window="K10")
+
+_SMOKE: dict[str, Any] = copy.deepcopy(_CPU)
+_SMOKE["windows"] = ["K2", "K3"]
+_SMOKE["primary_window"] = {"oned": "K3", "grid": "K3", "shapes": "t10"}
+_SMOKE["schedule"] = {**_SCHEDULE, "start": 30}
+_SMOKE["oned"].update(sizes=[100, 400], width=16, steps=20, batch_size=64, samples=200)
+_SMOKE["grid"].update(n=400, width=16, steps=20, batch_size=64, samples=200)
+_SMOKE["shapes"].update(n=16, size=16, channels=[8, 8, 8], steps=2, batch_size=8, samples=8, sample_steps=5,
+                        sample_batch=8, write_png=4, windows=["K2", "t10"])
+_SMOKE["recursive_grid"].update(n=200, width=16, steps=10, batch_size=64, generations=2, window="K3")
+_SMOKE["recursive_digits"].update(width=16, steps=10, batch_size=64, generations=2, window="K3")
+
+EXPERIMENT = Experiment(
+    name="hallucination",
+    title="Mode interpolation and hallucination in diffusion models (Aithal et al., NeurIPS 2024)",
+    presets={"smoke": _SMOKE, "cpu": _CPU, "paper": _PAPER},
+    default_seeds={"smoke": 1, "cpu": 1, "paper": 3},
+    units=unit_keys,
+    run_unit=run_unit,
+    report=build_report,
+)

@@ -1,0 +1,360 @@
+"""The reproduction's units of work: one trained model (or one recursive chain) per key and seed.
+
+Unit keys (``{seed}`` is the seed):
+
+- ``oned_m{means}_n{N}_s{seed}``: 1D mixture, interpolation and detection;
+- ``grid_s{seed}``, ``grid_rotated_s{seed}``: the 2D grid and its diamond variant;
+- ``shapes_s{seed}``: SIMPLE SHAPES with a small U-Net;
+- ``recursive_{grid,digits}_{variance,random}_s{seed}``: five generations of recursive training.
+
+Every unit returns a JSON-serialisable dict; the samples and scores behind the figures go to
+``samples/KEY.pt`` and the trained weights to ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks._dist import gather_objects
+from benchmarks._harness import RunContext
+from benchmarks._io import save_torch
+from benchmarks.hallucination import data as D
+from benchmarks.hallucination import labels as L
+from benchmarks.hallucination.diffusion import LinearSchedule
+from benchmarks.hallucination.models import ShapesUNet, ToyDenoiser
+from benchmarks.hallucination.train import sample_scored, train_denoiser
+
+logger = logging.getLogger(__name__)
+
+
+def _means_tag(means: list[float]) -> str:
+    return "".join(str(int(m)) if float(m).is_integer() else str(m).replace(".", "p") for m in means)
+
+
+def unit_keys(config: dict[str, Any], seeds: list[int]) -> list[str]:
+    """All unit keys of a configuration, cheapest first."""
+    keys: list[str] = []
+    for s in seeds:
+        od = config["oned"]
+        for means in od["means"]:
+            sizes = od["sizes"] if means == od["means"][0] else od["sizes"][-1:]
+            keys += [f"oned_m{_means_tag(means)}_n{n}_s{s}" for n in sizes]
+        keys += [f"grid_s{s}", f"grid_rotated_s{s}"]
+        if config["shapes"]["enabled"]:
+            keys.append(f"shapes_s{s}")
+        for which in ("grid", "digits"):
+            if config[f"recursive_{which}"]["enabled"]:
+                keys += [f"recursive_{which}_{arm}_s{s}" for arm in ("variance", "random")]
+    return keys
+
+
+def _parse_key(key: str) -> tuple[str, dict[str, Any]]:
+    *body, seed = key.split("_")
+    info: dict[str, Any] = {"seed": int(seed[1:])}
+    kind = body[0]
+    if kind == "oned":
+        info["tag"], info["n"] = body[1][1:], int(body[2][1:])
+    elif kind == "grid":
+        info["rotated"] = len(body) > 1
+    elif kind == "recursive":
+        info["data"], info["arm"] = body[1], body[2]
+    return kind, info
+
+
+# ---------------------------------------------------------------- scores and metrics
+
+
+def _schedule(config: dict[str, Any]) -> LinearSchedule:
+    sc = config["schedule"]
+    return LinearSchedule(sc["num_train_timesteps"], sc["beta_start"], sc["beta_end"])
+
+
+def make_tracker(window: str) -> Any:
+    """``hallucfilter.TrajectoryVariance`` for a window given by name.
+
+    ``"K10"``: the last 10 reverse steps (by position); ``"t10"``: every step with timestep
+    ``t < 10`` (the window by noise level, the same stretch of the process for any step count).
+    """
+    import hallucfilter
+
+    kind, value = window[:1], window[1:]
+    if kind == "K" and value.isdigit():
+        return hallucfilter.TrajectoryVariance(last_k=int(value))
+    if kind == "t" and value.isdigit():
+        return hallucfilter.TrajectoryVariance(timestep_below=int(value))
+    raise ValueError(f"window must look like 'K10' (last steps) or 't10' (timestep below), got {window!r}")
+
+
+def _observer_factory(windows: list[str]):
+    def make() -> dict[str, Any]:
+        return {w: make_tracker(w) for w in windows}
+
+    return make
+
+
+def detection_metrics(scores: dict[str, torch.Tensor], hallucinated: torch.Tensor,
+                      retention: float, removal: float) -> dict[str, dict[str, float | None]]:
+    """AUROC, removal at ``retention`` and retention at ``removal``, per score (window).
+
+    ``None`` where a population is empty (no hallucinations, say).
+    """
+    import hallucfilter
+
+    out: dict[str, dict[str, float | None]] = {}
+    bad = hallucinated.bool()
+    for name, s in scores.items():
+        if bad.all() or not bad.any():
+            out[name] = {"auroc": None, "removal_at_retention": None, "retention_at_removal": None}
+            continue
+        s_in, s_out = s[~bad], s[bad]
+        out[name] = {
+            "auroc": float(hallucfilter.auroc(s_in, s_out)),
+            "removal_at_retention": float(hallucfilter.removal_at_retention(s_in, s_out, retention=retention)),
+            "retention_at_removal": float(hallucfilter.retention_at_removal(s_in, s_out, removal=removal)),
+        }
+    return out
+
+
+def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any], section: dict[str, Any],
+                   key: str, seed: int, ctx: RunContext) -> dict[str, Any]:
+    """Train ``model`` unless ``checkpoints/KEY.pt`` holds its weights (a resumed run)."""
+    path = ctx.path("checkpoints", f"{key}.pt")
+    exists = gather_objects(path.exists())[0]
+    if exists:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        model.to(ctx.device).eval()
+        return {"final_loss": state["final_loss"], "resumed": True}
+    info = train_denoiser(
+        model, data, _schedule(config), steps=section["steps"], batch_size=section["batch_size"],
+        lr=section["lr"], lr_final=section["lr_final"], seed=seed, device=ctx.device,
+        t_max=config["schedule"]["train_t_max"],
+        progress=lambda it: ctx.progress(it, desc=f"train {key}", total=section["steps"]),
+    )
+    if ctx.is_main:
+        save_torch(path, {"model": model.state_dict(), "final_loss": info["final_loss"]})
+    return {**info, "resumed": False}
+
+
+def _sample(model: nn.Module, config: dict[str, Any], n: int, shape: tuple[int, ...], seed: int, ctx: RunContext,
+            num_steps: int | None = None, batch_size: int = 10_000, windows: list[str] | None = None):
+    return sample_scored(
+        model, _schedule(config).to(ctx.device), n, shape,
+        make_observers=_observer_factory(windows or config["windows"]),
+        seed=seed + 10_000, device=ctx.device, start=config["schedule"]["start"], num_steps=num_steps,
+        batch_size=batch_size,
+    )
+
+
+def _toy_model(dim: int, section: dict[str, Any], seed: int) -> ToyDenoiser:
+    torch.manual_seed(seed)
+    return ToyDenoiser(dim, width=section["width"], num_blocks=section["num_blocks"], tied=section["tied"])
+
+
+def _save_samples(ctx: RunContext, key: str, payload: dict[str, Any]) -> str:
+    path = ctx.path("samples", f"{key}.pt")
+    if ctx.is_main:
+        save_torch(path, payload)
+    return str(path.relative_to(ctx.out_dir))
+
+
+# ---------------------------------------------------------------- mixtures
+
+
+def _mixture_unit(config: dict[str, Any], key: str, mix: D.Mixture, section: dict[str, Any], seed: int,
+                  ctx: RunContext) -> dict[str, Any]:
+    dim = mix.x.shape[1]
+    model = _toy_model(dim, section, seed)
+    train_info = _train_or_load(model, mix.x, config, section, key, seed, ctx)
+    x, scores = _sample(model, config, section["samples"], (dim,), seed, ctx)
+    dist = L.mode_distance(x, mix.modes, mix.std)
+    finite = torch.isfinite(x).all(1)
+    result: dict[str, Any] = {
+        "train": train_info,
+        "n_samples": int(x.shape[0]),
+        "non_finite": int((~finite).sum()),
+        "out_of_support": {},
+    }
+    for k in (config["k_sigma"], config["k_sigma_alt"]):
+        bad = (dist > k) | ~finite
+        result["out_of_support"][f"{k:g}sigma"] = {
+            "fraction": float(bad.float().mean()),
+            "count": int(bad.sum()),
+            "detection": detection_metrics(scores, bad, config["retention"], config["removal"]),
+        }
+    if dim == 1:
+        gaps = L.gap_of(x, mix.modes)
+        bad = dist > config["k_sigma"]
+        means = mix.modes.flatten().tolist()
+        result["gaps"] = [
+            {"lo": means[j], "hi": means[j + 1], "width": means[j + 1] - means[j],
+             "fraction": float((bad & (gaps == j)).float().mean())}
+            for j in range(len(means) - 1)
+        ]
+    result["samples_file"] = _save_samples(ctx, key, {"x": x, "scores": scores, "dist": dist,
+                                                      "modes": mix.modes, "std": mix.std})
+    return result
+
+
+def _run_oned(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    od = config["oned"]
+    means = next(m for m in od["means"] if _means_tag(m) == info["tag"])
+    mix = D.mixture_1d(means, info["n"], seed=info["seed"], std=od["std"])
+    out = _mixture_unit(config, key, mix, od, info["seed"], ctx)
+    return {"kind": "oned", "means": means, "n_train": info["n"], **out}
+
+
+def _run_grid(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    gd = config["grid"]
+    mix = D.grid_2d(gd["n"], seed=info["seed"], std=gd["std"], rotated=info["rotated"])
+    out = _mixture_unit(config, key, mix, gd, info["seed"], ctx)
+    return {"kind": "grid", "rotated": info["rotated"], "n_train": gd["n"], **out}
+
+
+# ---------------------------------------------------------------- SIMPLE SHAPES
+
+
+def _run_shapes(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    sh = config["shapes"]
+    seed = info["seed"]
+    images, meta = D.simple_shapes(sh["n"], seed=seed, size=sh["size"])
+    if ctx.is_main and sh["write_png"]:
+        D.write_shapes(ctx.path("shapes_data", f"s{seed}", "metadata.json").parent, images[: sh["write_png"]],
+                       meta[: sh["write_png"]])
+    torch.manual_seed(seed)
+    model = ShapesUNet(sh["size"], tuple(sh["channels"]))
+    train_info = _train_or_load(model, images * 2.0 - 1.0, config, sh, key, seed, ctx)
+    x, scores = _sample(model, config, sh["samples"], (1, sh["size"], sh["size"]), seed, ctx,
+                        num_steps=sh["sample_steps"], batch_size=sh["sample_batch"], windows=sh["windows"])
+    imgs = ((x + 1.0) / 2.0).clamp(0, 1)
+    counted = L.count_shapes(imgs)
+    hallucinated = (counted["counts"] >= 2).any(1)
+    empty = counted["counts"].sum(1) == 0
+    malformed = (counted["matched"] < counted["counts"]).any(1) & ~hallucinated
+    return {
+        "kind": "shapes",
+        "train": train_info,
+        "n_samples": int(x.shape[0]),
+        "hallucinated": {"fraction": float(hallucinated.float().mean()), "count": int(hallucinated.sum()),
+                         "detection": detection_metrics(scores, hallucinated, config["retention"], config["removal"])},
+        "empty_fraction": float(empty.float().mean()),
+        "malformed_fraction": float(malformed.float().mean()),
+        "per_column_repeats": (counted["counts"] >= 2).float().mean(0).tolist(),
+        "samples_file": _save_samples(ctx, key, {"x": x.half(), "scores": scores, "hallucinated": hallucinated,
+                                                 "counts": counted["counts"]}),
+    }
+
+
+# ---------------------------------------------------------------- recursive training
+
+
+def _digits_data(rc: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened digit images in ``[-1, 1]`` and their labels: scikit-learn's digits or MNIST from a folder."""
+    if rc["source"] == "digits":
+        from benchmarks._digits import load_digits_tensors
+
+        x, y = load_digits_tensors()
+    elif rc["source"] == "mnist":
+        if not rc["mnist_dir"]:
+            raise ValueError("recursive_digits.source='mnist' needs a folder of MNIST IDX files: "
+                             "--set recursive_digits.mnist_dir=PATH")
+        x, y = D.load_mnist(rc["mnist_dir"])
+    else:
+        raise ValueError(f"recursive_digits.source must be 'digits' or 'mnist', got {rc['source']!r}")
+    return x.flatten(1) * 2.0 - 1.0, y
+
+
+def _digit_features(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[nn.Module, torch.Tensor]:
+    """A small digit classifier trained on ``(x, y)``; returns its feature extractor and the features of ``x``."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    features = nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
+    clf = nn.Sequential(features, nn.Linear(64, 10))
+    opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
+    for _ in range(400):
+        idx = torch.randint(0, x.shape[0], (256,), generator=g)
+        loss = nn.functional.cross_entropy(clf(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    features.eval()
+    with torch.no_grad():
+        return features, torch.cat([features(chunk) for chunk in x.split(10_000)])
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    r"""Frechet distance between Gaussians fitted to two feature sets (the FID formula).
+
+    .. math::
+        \lVert \mu_a - \mu_b \rVert^2 + \operatorname{tr}(\Sigma_a + \Sigma_b - 2 (\Sigma_a \Sigma_b)^{1/2})
+    """
+    from scipy import linalg
+
+    a64, b64 = a.double().numpy(), b.double().numpy()
+    mu_a, mu_b = a64.mean(0), b64.mean(0)
+    cov_a = torch.from_numpy(a64).T.cov().numpy()
+    cov_b = torch.from_numpy(b64).T.cov().numpy()
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    covmean = covmean.real if hasattr(covmean, "real") else covmean
+    return float(((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2.0 * covmean.trace())
+
+
+def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    import hallucfilter
+
+    which, arm, seed = info["data"], info["arm"], info["seed"]
+    rc = config[f"recursive_{which}"]
+    if which == "grid":
+        mix = D.grid_2d(rc["n"], seed=seed, std=rc["std"])
+        real = mix.x
+    else:
+        real, digit_labels = _digits_data(rc)
+        feat_net, real_feats = _digit_features(real, digit_labels, seed)
+    n = real.shape[0]
+    n_draw = int(round(n / (1.0 - rc["filter_fraction"])))
+    window = rc["window"]
+    data = real
+    gens: list[dict[str, Any]] = []
+    for gen in range(1, rc["generations"] + 1):
+        # Generation 1 learns the real data and is shared by both arms.
+        gkey = f"recursive_{which}_gen1_s{seed}" if gen == 1 else f"{key}_gen{gen}"
+        model = _toy_model(real.shape[1], rc, seed + gen)
+        train_info = _train_or_load(model, data, config, rc, gkey, seed + gen, ctx)
+        x, scores = _sample(model, config, n_draw, (real.shape[1],), seed + 100 * gen, ctx)
+        finite = torch.isfinite(x).all(1)
+        s = torch.where(finite, scores[window], torch.full_like(scores[window], float("inf")))
+        if arm == "variance":
+            keep = hallucfilter.rank_filter(s, n)
+        else:
+            g = torch.Generator().manual_seed(seed * 7919 + gen)
+            keep = torch.randperm(n_draw, generator=g)[:n].sort().values
+        kept = x[keep]
+        row: dict[str, Any] = {"generation": gen, "final_loss": train_info["final_loss"],
+                               "non_finite": int((~finite).sum())}
+        if which == "grid":
+            bad = (L.mode_distance(x, mix.modes, mix.std) > config["k_sigma"]) | ~finite
+            row["hallucinated_drawn"] = float(bad.float().mean())
+            row["hallucinated_kept"] = float(bad[keep].float().mean())
+        else:
+            with torch.no_grad():
+                row["frechet_kept"] = frechet_distance(feat_net(kept[torch.isfinite(kept).all(1)]), real_feats)
+                row["frechet_drawn"] = frechet_distance(feat_net(x[finite]), real_feats)
+        gens.append(row)
+        logger.info("%s generation %d: %s", key, gen, row)
+        if gen == rc["generations"]:
+            _save_samples(ctx, key, {"x": kept, "modes": mix.modes if which == "grid" else None})
+        data = kept[torch.isfinite(kept).all(1)]
+    return {"kind": "recursive", "data": which, "arm": arm, "n": n, "n_draw": n_draw, "generations": gens}
+
+
+def run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:
+    """Run one unit (see the module docstring for the keys)."""
+    kind, info = _parse_key(key)
+    runners = {"oned": _run_oned, "grid": _run_grid, "shapes": _run_shapes, "recursive": _run_recursive}
+    if kind not in runners:
+        raise ValueError(f"unknown unit key {key!r}")
+    return runners[kind](config, key, info, ctx)

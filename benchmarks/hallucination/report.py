@@ -1,0 +1,253 @@
+"""The reproduction's report: tables beside the paper's numbers, and the figures (matplotlib)."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from benchmarks._harness import RunContext
+
+PAPER_CLAIM = "paper: > 95% of hallucinations removed at 96% of in-support samples retained"
+
+
+def _fmt(v: float | None, pct: bool = True, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.{digits}f}%" if pct else f"{v:.3f}"
+
+
+def _mean_sd(values: Iterable[float | None], pct: bool = True, digits: int = 1) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return _fmt(vals[0], pct, digits)
+    m, sd = statistics.mean(vals), statistics.stdev(vals)
+    return f"{_fmt(m, pct, digits)} ± {_fmt(sd, pct, digits)}"
+
+
+def _group(results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Results by key without the seed suffix."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for key, r in results.items():
+        out[key.rsplit("_s", 1)[0]].append(r)
+    return dict(out)
+
+
+def _det(rows: list[dict[str, Any]], sigma: str, window: str, field: str) -> list[float | None]:
+    return [r["out_of_support"][sigma]["detection"][window][field] for r in rows]
+
+
+def _detection_row(label: str, rows: list[dict[str, Any]], sigma: str, window: str) -> str:
+    return (f"| {label} | {window} | {_mean_sd((r['out_of_support'][sigma]['fraction'] for r in rows), digits=2)} | "
+            f"{_mean_sd(_det(rows, sigma, window, 'auroc'), pct=False)} | "
+            f"{_mean_sd(_det(rows, sigma, window, 'removal_at_retention'))} | "
+            f"{_mean_sd(_det(rows, sigma, window, 'retention_at_removal'))} |")
+
+
+def _load(ctx: RunContext, r: dict[str, Any]) -> dict[str, Any]:
+    return torch.load(ctx.out_dir / r["samples_file"], map_location="cpu", weights_only=False)
+
+
+def _threshold(scores: torch.Tensor, bad: torch.Tensor, retention: float) -> float:
+    return float(torch.quantile(scores[~bad].double(), retention))
+
+
+def build_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunContext) -> str:
+    """Markdown report with the tables and figures of the reproduction."""
+    groups = _group(results)
+    sigma = f"{config['k_sigma']:g}sigma"
+    alt = f"{config['k_sigma_alt']:g}sigma"
+    pw = config["primary_window"]
+    ret, rem = config["retention"], config["removal"]
+    lines = ["# Mode interpolation and hallucination (Aithal et al., NeurIPS 2024)", ""]
+    lines += [f"Out of support: farther than {config['k_sigma']:g} sigma from every mode "
+              f"(also {config['k_sigma_alt']:g} sigma below). "
+              "Score: population variance of `x0_hat` over the last K reverse steps "
+              f"(`hallucfilter.TrajectoryVariance`). Removal at {ret:.0%} retention, retention at {rem:.0%} removal; "
+              f"{PAPER_CLAIM}.", ""]
+
+    oned = {k: v for k, v in groups.items() if k.startswith("oned_")}
+    grid = {k: v for k, v in groups.items() if k.startswith("grid")}
+    if oned or grid:
+        lines += ["## Detection (primary window)", "",
+                  "| data | window | out of support | AUROC | removed at 96% retained | retained at 95% removed |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, rows in {**oned, **grid}.items():
+            window = pw["oned" if name.startswith("oned") else "grid"]
+            lines.append(_detection_row(f"{name} ({sigma})", rows, sigma, window))
+            lines.append(_detection_row(f"{name} ({alt})", rows, alt, window))
+        lines.append("")
+    if oned:
+        lines += ["## 1D interpolation against training-set size and mode distance", "",
+                  "| means | N | beyond 6 sigma | per gap (width: fraction of all samples) |",
+                  "| --- | --- | --- | --- |"]
+        for rows in oned.values():
+            r0 = rows[0]
+            gaps = "; ".join(
+                f"{g['width']:g}: {_mean_sd((r['gaps'][j]['fraction'] for r in rows), digits=3)}"
+                for j, g in enumerate(r0["gaps"]))
+            frac = _mean_sd((r["out_of_support"][sigma]["fraction"] for r in rows), digits=3)
+            lines.append(f"| {r0['means']} | {r0['n_train']} | {frac} | {gaps} |")
+        lines.append("")
+    sweep_sets = {**oned, **grid}
+    if sweep_sets:
+        lines += ["## Window sweep (AUROC / removed at 96% retained)", "",
+                  "| data | " + " | ".join(config["windows"]) + " |",
+                  "| --- |" + " --- |" * len(config["windows"])]
+        for name, rows in sweep_sets.items():
+            cells = []
+            for k in config["windows"]:
+                dets = [r["out_of_support"][sigma]["detection"] for r in rows]
+                au = _mean_sd((d[k]["auroc"] for d in dets), pct=False)
+                rm = _mean_sd(d[k]["removal_at_retention"] for d in dets)
+                cells.append(f"{au} / {rm}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "shapes" in groups:
+        rows = groups["shapes"]
+        window = pw["shapes"]
+        d = [r["hallucinated"]["detection"][window] for r in rows]
+        lines += ["## SIMPLE SHAPES", "",
+                  f"{config['shapes']['size']}x{config['shapes']['size']} images, "
+                  f"{config['shapes']['steps']} training steps, {config['shapes']['samples']} samples "
+                  f"({config['shapes']['sample_steps']} reverse steps from t = {config['schedule']['start']}).", "",
+                  "| hallucinated (2+ shapes in a column) | empty | malformed | AUROC | removed at 96% retained | "
+                  "retained at 95% removed |", "| --- | --- | --- | --- | --- | --- |",
+                  f"| {_mean_sd((r['hallucinated']['fraction'] for r in rows), digits=2)} | "
+                  f"{_mean_sd(r['empty_fraction'] for r in rows)} | "
+                  f"{_mean_sd(r['malformed_fraction'] for r in rows)} | "
+                  f"{_mean_sd((x['auroc'] for x in d), pct=False)} | "
+                  f"{_mean_sd(x['removal_at_retention'] for x in d)} | "
+                  f"{_mean_sd(x['retention_at_removal'] for x in d)} |", "",
+                  "Window sweep (AUROC / removed at 96% retained): " + "; ".join(
+                      f"{w}: {_mean_sd((r['hallucinated']['detection'][w]['auroc'] for r in rows), pct=False)} / "
+                      f"{_mean_sd(r['hallucinated']['detection'][w]['removal_at_retention'] for r in rows)}"
+                      for w in config["shapes"]["windows"]) + ".", ""]
+    for which in ("grid", "digits"):
+        arms = {arm: groups.get(f"recursive_{which}_{arm}") for arm in ("variance", "random")}
+        if not all(arms.values()):
+            continue
+        metric = "hallucinated_drawn" if which == "grid" else "frechet_drawn"
+        kept = "hallucinated_kept" if which == "grid" else "frechet_kept"
+        pct = which == "grid"
+        lines += [f"## Recursive training on {which}", "",
+                  f"`{metric}`: the generation's model's samples; `{kept}`: what the filter passed on.", "",
+                  f"| generation | variance: {metric} | random: {metric} | variance: {kept} | random: {kept} |",
+                  "| --- | --- | --- | --- | --- |"]
+        n_gen = len(arms["variance"][0]["generations"])
+        for gi in range(n_gen):
+            cells = [_mean_sd((r["generations"][gi][f] for r in arms[a]), pct=pct, digits=2 if pct else 3)
+                     for f in (metric, kept) for a in ("variance", "random")]
+            lines.append(f"| {gi + 1} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += _figures(config, results, groups, ctx)
+    return "\n".join(lines)
+
+
+def _figures(config: dict[str, Any], results: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
+             ctx: RunContext) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["(matplotlib is not installed: no figures)"]
+    pw = config["primary_window"]
+    out = ["## Figures", ""]
+    first = {name: rows[0] for name, rows in groups.items()}
+
+    oned_names = [k for k in first if k.startswith("oned_")]
+    if oned_names:
+        fig, axes = plt.subplots(1, len(oned_names), figsize=(3.2 * len(oned_names), 2.6), squeeze=False)
+        for ax, name in zip(axes[0], oned_names):
+            p = _load(ctx, first[name])
+            x = p["x"].flatten().clamp(-1, 7)
+            ax.hist(x.numpy(), bins=200, log=True, color="tab:blue")
+            for m in p["modes"].flatten().tolist():
+                ax.axvline(m, color="k", lw=0.4)
+            ax.set_title(f"{first[name]['means']}, N={first[name]['n_train']}", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(ctx.path("fig_1d_samples.png"), dpi=110)
+        plt.close(fig)
+        out += ["![1D samples (log counts)](fig_1d_samples.png)", ""]
+
+    hist_names = [n for n in first if n.startswith(("oned_", "grid"))]
+    if hist_names:
+        fig, axes = plt.subplots(1, len(hist_names), figsize=(3.2 * len(hist_names), 2.6), squeeze=False)
+        for ax, name in zip(axes[0], hist_names):
+            p = _load(ctx, first[name])
+            window = pw["oned" if name.startswith("oned") else "grid"]
+            s = p["scores"][window].double().clamp_min(1e-12).log10()
+            bad = p["dist"] > config["k_sigma"]
+            ax.hist(s[~bad].numpy(), bins=60, alpha=0.6, density=True, label="in support")
+            if bad.any():
+                ax.hist(s[bad].numpy(), bins=30, alpha=0.6, density=True, label=f"> {config['k_sigma']:g} sigma")
+            ax.axvline(float(torch.quantile(s[~bad], config["retention"])), color="k", ls="--", lw=0.8)
+            ax.set_title(f"{name} ({window})", fontsize=8)
+            ax.set_xlabel("log10 score", fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(ctx.path("fig_score_histograms.png"), dpi=110)
+        plt.close(fig)
+        out += ["![Score histograms; dashed: the 96%-retention threshold](fig_score_histograms.png)", ""]
+
+    grid_names = [n for n in first if n.startswith("grid")]
+    if grid_names:
+        fig, axes = plt.subplots(1, len(grid_names), figsize=(4 * len(grid_names), 4), squeeze=False)
+        for ax, name in zip(axes[0], grid_names):
+            p = _load(ctx, first[name])
+            s = p["scores"][pw["grid"]]
+            bad = p["dist"] > config["k_sigma"]
+            flagged = s > _threshold(s, bad, config["retention"])
+            x = p["x"]
+            ax.scatter(x[~flagged, 0], x[~flagged, 1], s=1, c="tab:blue", alpha=0.3, lw=0)
+            ax.scatter(x[flagged, 0], x[flagged, 1], s=4, c="tab:red", lw=0, label="flagged")
+            ax.set_xlim(-2.2, 2.2)
+            ax.set_ylim(-2.2, 2.2)
+            ax.set_aspect("equal")
+            ax.set_title(f"{name}: red = flagged (96% retention)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(ctx.path("fig_grid_samples.png"), dpi=110)
+        plt.close(fig)
+        out += ["![2D samples with flagged hallucinations in red](fig_grid_samples.png)", ""]
+
+    rec = [w for w in ("grid", "digits") if f"recursive_{w}_variance" in first and f"recursive_{w}_random" in first]
+    if rec:
+        fig, axes = plt.subplots(1, len(rec), figsize=(4 * len(rec), 3), squeeze=False)
+        for ax, which in zip(axes[0], rec):
+            field = "hallucinated_drawn" if which == "grid" else "frechet_drawn"
+            for arm, color in (("variance", "tab:green"), ("random", "tab:red")):
+                gens = first[f"recursive_{which}_{arm}"]["generations"]
+                ax.plot([g["generation"] for g in gens], [g[field] for g in gens], "o-", color=color, label=arm)
+            ax.set_xlabel("generation")
+            ax.set_ylabel("hallucinated fraction" if which == "grid" else "Frechet distance (digit features)")
+            ax.set_title(f"recursive training: {which}", fontsize=9)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(ctx.path("fig_recursive.png"), dpi=110)
+        plt.close(fig)
+        out += ["![Recursive training, variance filter against random filter](fig_recursive.png)", ""]
+
+    if "shapes" in first:
+        p = _load(ctx, first["shapes"])
+        s = p["scores"][pw["shapes"]]
+        bad = p["hallucinated"]
+        order = torch.cat([bad.nonzero().flatten()[:8], (~bad).nonzero().flatten()[:16]])[:24]
+        fig, axes = plt.subplots(3, 8, figsize=(8, 3.4))
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, i in zip(axes.flat, order.tolist()):
+            ax.imshow(p["x"][i, 0].float().numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_title(f"{float(s[i]):.1e}", fontsize=6, color="red" if bool(bad[i]) else "black")
+        fig.suptitle("SIMPLE SHAPES samples, score above each (red: 2+ shapes in a column)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(ctx.path("fig_shapes_samples.png"), dpi=110)
+        plt.close(fig)
+        out += ["![SIMPLE SHAPES samples with their scores](fig_shapes_samples.png)", ""]
+    return out

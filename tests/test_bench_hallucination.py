@@ -1,0 +1,236 @@
+"""The hallucination reproduction's building blocks: schedule, sampler, data, labellers, models.
+
+Golden numbers: ``alpha_bar_300 = 7.56e-5`` is PAPERS.md's 7.6e-5 (the paper's remark that
+sampling may start at t = 300), recomputed in float64; ``2.8289 = sqrt(0.05^2 + 8)`` is the
+paper's normalisation of the 2D grid.
+"""
+
+import gzip
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.hallucination import data as D
+from benchmarks.hallucination import labels as L
+from benchmarks.hallucination.diffusion import LinearSchedule, ddpm_sample, diffusion_loss
+from benchmarks.hallucination.experiments import frechet_distance, unit_keys
+from benchmarks.hallucination.models import ShapesUNet, ToyDenoiser
+from benchmarks.hallucination.train import cosine_lr
+
+
+def mixture_eps(means, std, schedule):
+    """The exact epsilon of a 1D equal-weight Gaussian mixture: E[eps | x_t] in closed form."""
+    mu = torch.tensor(means, dtype=torch.float64)
+
+    def eps(x, t):
+        ab = schedule.alphas_cumprod[t].double()[:, None]
+        var = ab * std**2 + (1 - ab)  # variance of x_t given the component
+        xd = x.double()
+        logw = -0.5 * (xd - ab.sqrt() * mu) ** 2 / var
+        w = torch.softmax(logw, dim=1)
+        # E[x0 | x_t, component] by Gaussian conditioning, then eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)
+        x0 = mu + ab.sqrt() * std**2 / var * (xd - ab.sqrt() * mu)
+        x0 = (w * x0).sum(1, keepdim=True)
+        return ((xd - ab.sqrt() * x0) / (1 - ab).sqrt()).float()
+
+    return eps
+
+
+def test_schedule_matches_the_paper():
+    s = LinearSchedule()
+    assert s.betas[0].item() == pytest.approx(1e-3) and s.betas[-1].item() == pytest.approx(0.2)
+    assert s.alphas_cumprod[300].item() == pytest.approx(7.56e-5, rel=1e-2)
+    assert set(dict(s.named_buffers())) == {"betas", "alphas_cumprod"}
+    assert s.timesteps(300, 300) == list(range(299, -1, -1))
+    ts = s.timesteps(300, 50)
+    assert ts[0] == 299 and ts[-1] == 0 and len(ts) == 50 and ts == sorted(ts, reverse=True)
+
+
+BAD_SCHEDULES = [{"num_train_timesteps": 1}, {"beta_start": 0.0}, {"beta_start": 0.3, "beta_end": 0.2}]
+
+
+@pytest.mark.parametrize("bad", BAD_SCHEDULES, ids=["T", "start", "order"])
+def test_schedule_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        LinearSchedule(**bad)
+
+
+def test_diffusion_loss_is_zero_for_the_true_noise():
+    s = LinearSchedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(64, 2)
+    state = g.get_state()
+    # Replay the generator to know the noise the loss will draw: t first, then eps.
+    t = torch.randint(0, 1000, (64,), generator=g)
+    eps = torch.randn(64, 2, generator=g)
+    table = {}
+
+    def oracle(x_t, tt):
+        table["x_t"] = x_t
+        return eps
+
+    g.set_state(state)
+    assert diffusion_loss(oracle, s, x0, generator=g).item() == pytest.approx(0.0, abs=1e-12)
+    torch.testing.assert_close(table["x_t"], s.add_noise(x0, eps, t))
+    with pytest.raises(ValueError, match="t_max"):
+        diffusion_loss(oracle, s, x0, t_max=0)
+
+
+@pytest.mark.parametrize("num_steps", [300, 60])
+def test_exact_score_gives_no_interpolation(num_steps):
+    """The paper's sanity check: with the exact score the sampler stays on the modes (well within 6 sigma)."""
+    s = LinearSchedule()
+    means, std = [1.0, 2.0, 3.0], 0.05
+    x = ddpm_sample(mixture_eps(means, std, s), s, (3000, 1), start=300, num_steps=num_steps,
+                    generator=torch.Generator().manual_seed(1))
+    d = L.mode_distance(x, torch.tensor(means)[:, None], std)
+    assert (d > 6).float().mean().item() < 2e-3  # 0 expected; a few of 3,000 allowed
+    which = torch.cdist(x, torch.tensor(means)[:, None]).argmin(1)
+    counts = torch.bincount(which, minlength=3).float() / 3000
+    torch.testing.assert_close(counts, torch.full((3,), 1 / 3), atol=0.04, rtol=0)  # equal weights, ~4 s.e.
+    within = x.flatten() - torch.tensor(means)[which]
+    if num_steps == 300:
+        assert within.std().item() == pytest.approx(std, rel=0.15)
+    else:  # fixed-large variance over coarse steps adds noise: measured 0.073 for 60 steps
+        assert std < within.std().item() < 2 * std
+
+
+def test_sampler_reports_x0_hat_and_returns_it_at_the_last_step():
+    s = LinearSchedule()
+    seen = []
+
+    class Obs:
+        def update(self, x0_hat, *, step, num_steps):
+            seen.append((step, num_steps, x0_hat.clone()))
+
+    model = ToyDenoiser(2, width=16)
+    x = ddpm_sample(model, s, (5, 2), start=20, observers=[Obs()], generator=torch.Generator().manual_seed(0))
+    assert [i for i, _, _ in seen] == list(range(20)) and {n for _, n, _ in seen} == {20}
+    torch.testing.assert_close(seen[-1][2], x, rtol=0, atol=0)
+    # Same generator, same samples; respacing to every step is the plain chain.
+    y = ddpm_sample(model, s, (5, 2), start=20, num_steps=20, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tied,blocks", [(False, 3), (True, 1)])
+def test_toy_denoiser_tied_and_untied(tied, blocks):
+    m = ToyDenoiser(2, width=32, tied=tied)
+    assert len(m.blocks) == blocks and m.num_blocks == 3
+    out = m(torch.randn(7, 2), torch.randint(0, 1000, (7,)))
+    assert out.shape == (7, 2)
+    assert "embed.freqs" in m.state_dict()
+
+
+def test_shapes_unet_shape():
+    m = ShapesUNet(16, (8, 8, 8))
+    assert m(torch.randn(2, 1, 16, 16), torch.tensor([0, 999])).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ShapesUNet(18)
+
+
+def test_mixtures_are_seeded_and_scaled():
+    a, b = D.mixture_1d([1, 2, 3], 500, seed=3), D.mixture_1d([1, 2, 3], 500, seed=3)
+    torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+    assert not torch.equal(a.x, D.mixture_1d([1, 2, 3], 500, seed=4).x)
+    assert a.scale == 1.0 and a.std == 0.05
+    g = D.grid_2d(20_000, seed=0)
+    assert g.scale == pytest.approx(math.sqrt(0.05**2 + 8)) and g.scale == pytest.approx(2.8289, abs=1e-4)
+    assert g.modes.shape == (25, 2) and g.std == pytest.approx(0.05 / 2.8289, rel=1e-4)
+    torch.testing.assert_close(g.x.std(0), torch.ones(2), atol=0.03, rtol=0)  # ~ 1 by construction
+    r = D.grid_2d(10, seed=0, rotated=True)
+    nn_dist = torch.cdist(r.modes, r.modes).fill_diagonal_(9).min(1).values
+    torch.testing.assert_close(nn_dist, torch.full((25,), 2 / 2.8289), atol=1e-4, rtol=0)
+    assert r.modes[:, 0].abs().max() > g.modes[:, 0].abs().max() + 0.1  # a diamond reaches further along x
+
+
+def test_shapes_generator_agrees_with_the_labeller(tmp_path):
+    images, meta = D.simple_shapes(120, seed=0, size=32)
+    assert images.shape == (120, 1, 32, 32) and set(images.unique().tolist()) <= {0.0, 1.0}
+    truth = torch.zeros(120, 3, dtype=torch.long)
+    for i, m in enumerate(meta):
+        assert m["shapes"]  # blank images are skipped
+        for s in m["shapes"]:
+            assert s["name"] == D.SHAPE_NAMES[s["column"]]
+            truth[i, s["column"]] += 1
+    counted = L.count_shapes(images)
+    torch.testing.assert_close(counted["counts"], truth, rtol=0, atol=0)
+    torch.testing.assert_close(counted["matched"], truth, rtol=0, atol=0)
+    assert not L.shapes_hallucinated(images).any()
+    frac = truth.float().mean(0)
+    assert ((frac > 0.4) & (frac < 0.8)).all()  # P(present | not all blank) = 0.5 / (1 - 0.125) = 0.571
+    again, _ = D.simple_shapes(120, seed=0, size=32)
+    torch.testing.assert_close(images, again, rtol=0, atol=0)
+    back, meta_back = D.read_shapes(D.write_shapes(tmp_path / "shapes", images[:5], meta[:5]))
+    torch.testing.assert_close(back, images[:5], rtol=0, atol=0)
+    assert meta_back == meta[:5]
+
+
+def test_shape_labeller_on_constructed_images():
+    size = 32
+    lo, hi = D.column_bounds(size)[1]
+    cx = (lo + hi) / 2
+    img = np.zeros((3, size, size), dtype=np.float32)
+    img[0] = D.render_shape("square", cx, 8, size) | D.render_shape("square", cx, 22, size)  # two squares
+    img[1] = D.render_shape("square", cx, 15, size)
+    img[1, 2, 2] = 1.0  # a one-pixel speck in column 0
+    img[2, 5:25, lo:hi] = 1.0  # one huge blob: a shape, but not the template
+    out = L.count_shapes(torch.from_numpy(img))
+    assert out["counts"].tolist() == [[0, 2, 0], [0, 1, 0], [0, 1, 0]]
+    assert out["matched"].tolist() == [[0, 2, 0], [0, 1, 0], [0, 0, 0]]
+    assert out["specks"].tolist() == [0, 1, 0]
+    assert L.shapes_hallucinated(torch.from_numpy(img)).tolist() == [True, False, False]
+
+
+def test_mode_distance_and_gaps_on_constructed_points():
+    modes = torch.tensor([[1.0], [2.0], [4.0]])
+    x = torch.tensor([[1.0], [1.3], [2.9], [4.6], [0.5]])
+    torch.testing.assert_close(L.mode_distance(x, modes, 0.05), torch.tensor([0.0, 6.0, 18.0, 12.0, 10.0]))
+    assert L.out_of_support(x, modes, 0.05, k=6).tolist() == [False, False, True, True, True]
+    assert L.gap_of(x, modes).tolist() == [-1, 0, 1, -1, -1]
+    with pytest.raises(ValueError, match="std"):
+        L.mode_distance(x, modes, 0.0)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_mnist_loader_reads_idx_files(tmp_path, compressed):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    labs = np.array([7, 0, 9], dtype=np.uint8)
+    opener = gzip.open if compressed else open
+    suffix = ".gz" if compressed else ""
+    with opener(tmp_path / f"train-images-idx3-ubyte{suffix}", "wb") as fh:
+        fh.write((0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (3, 28, 28)) + imgs.tobytes())
+    with opener(tmp_path / f"train-labels-idx1-ubyte{suffix}", "wb") as fh:
+        fh.write((0x0801).to_bytes(4, "big") + (3).to_bytes(4, "big") + labs.tobytes())
+    x, y = D.load_mnist(tmp_path)
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [7, 0, 9]
+    torch.testing.assert_close(x[1, 0], torch.from_numpy(imgs[1].astype(np.float32) / 255))
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        D.load_mnist(tmp_path, "t10k")
+
+
+def test_frechet_distance_of_shifted_gaussians():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.tensor([2.0, 0.0, 1.0])
+    # Same covariance, mean shifted: the distance is ||shift||^2 = 5 exactly.
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)
+
+
+def test_cosine_lr_endpoints():
+    assert cosine_lr(0, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
+    assert cosine_lr(50, 100, 1e-3, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_lr(100, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
+def test_unit_keys_cover_every_part():
+    from benchmarks.hallucination import EXPERIMENT
+
+    cfg = EXPERIMENT.presets["cpu"]
+    keys = unit_keys(cfg, [0])
+    assert "oned_m123_n2000_s0" in keys and "oned_m1245_n20000_s0" in keys
+    assert {"grid_s0", "grid_rotated_s0", "shapes_s0", "recursive_digits_random_s0"} <= set(keys)
+    assert len(keys) == len(set(keys))
