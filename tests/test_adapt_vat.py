@@ -66,7 +66,7 @@ def test_vat_sound_under_autocast():
         loss = vat_loss(model, x, generator=torch.Generator().manual_seed(3))
     # the power iteration runs in float32 whatever the autocast state: identical directions
     torch.testing.assert_close(r16, r32, rtol=0, atol=0)
-    assert torch.isfinite(loss) and loss.dtype == torch.float32 and float(loss) > 0
+    assert torch.isfinite(loss) and loss.dtype == torch.float32 and float(loss.detach()) > 0
     norms = r32.flatten(1).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(8), rtol=1e-5, atol=0)  # eps = 1 per sample
 
