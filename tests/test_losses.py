@@ -312,6 +312,18 @@ def test_half_precision_logits_do_not_overflow(name, half):
     torch.testing.assert_close(got, loss_fn(logits.to(half).float(), target))
 
 
+def test_ldam_scale_on_fp16_logits_is_applied_in_float32():
+    # s * z = 30 * 3000 = 9e4 exceeds the fp16 maximum (65504): scaling in fp16 would give inf.
+    logits = torch.full((2, C), -3000.0, dtype=torch.float16)
+    logits[:, 0] = 3000.0
+    target = torch.tensor([0, 1])
+    assert torch.isinf(30.0 * logits).any()
+    loss_fn = LDAMLoss(COUNTS, s=30.0, reduction="none")
+    got = loss_fn(logits, target)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, loss_fn(logits.double(), target).float())
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_under_autocast(name, half):
