@@ -307,3 +307,19 @@ def test_phased_rho_bad_arguments(factory, exc, match):
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_grad_scaler_threshold_sees_unscaled_gradients():
+    # The scaled gradient (x 2^10) is far above the threshold, the true one (norm 0.05) below it.
+    try:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    except (AttributeError, RuntimeError, TypeError) as err:  # pragma: no cover - old torch
+        pytest.skip(f"no CPU GradScaler: {err}")
+    x = torch.nn.Parameter(torch.tensor([0.05, 0.0]))
+    opt = PerturbedGD([x], torch.optim.SGD, radius=0.1, threshold=0.1, interval=1, lr=0.0)
+    opt.zero_grad()
+    scaler.scale(0.5 * x.square().sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert float(opt.last_grad_norm) == pytest.approx(0.05, rel=1e-5)
+    assert opt.num_perturbations == 1

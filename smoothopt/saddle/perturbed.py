@@ -89,6 +89,10 @@ class PerturbedGD(Optimizer):
         the CPU and copied to each parameter's device, so a run draws the same noise on any device.
 
     Note:
+        Under ``torch.amp.GradScaler`` call ``scaler.step(opt)``: the scaler unscales the gradients before
+        :meth:`step` runs, so the threshold is compared with the true gradient norm.
+
+    Note:
         ``radius``, ``threshold`` and ``interval`` must be sized for the problem: the paper's values follow
         from the smoothness constants and the target accuracy, which are rarely known in deep learning.
 
