@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -46,14 +47,14 @@ def _reset_peak() -> bool:
 
 
 def measure(fn, *args, **kwargs):
-    """Run ``fn`` once; return (result, seconds, peak RSS rise in MiB, peak traced Python MiB, method)."""
+    """Run ``fn`` once; return (result, wall s, CPU s, peak RSS rise in MiB, peak traced Python MiB, method)."""
     rss0 = _status_kib("VmRSS")
     reset = rss0 is not None and _reset_peak()
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     if reset:
@@ -62,7 +63,7 @@ def measure(fn, *args, **kwargs):
     else:
         rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) / 1024
         method = "ru_maxrss rise (a lower bound if an earlier peak was higher)"
-    return out, seconds, max(rise, 0.0), traced_peak / MiB, method
+    return out, seconds, cpu_seconds, max(rise, 0.0), traced_peak / MiB, method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,25 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"pool N={args.pool}, C={args.classes}, budget={budget} ({args.fraction:.1%}), "
           f"threads={args.threads}; a dense N x N float64 matrix would take {dense_mib:,.0f} MiB")
-    print(f"{'strategy':<10} {'time (s)':>10} {'peak RSS rise (MiB)':>20} {'traced Python (MiB)':>20}")
+    print(f"{'strategy':<10} {'wall (s)':>10} {'CPU (s)':>10} {'peak RSS rise (MiB)':>20} {'traced Python (MiB)':>20}")
     for strategy in args.strategies:
         if strategy == "s3":
             fn, kw = s3_select, {"uncertainty": "margin", "num_representatives": args.num_representatives,
                                  "block_size": args.block_size, "generator": torch.Generator().manual_seed(1)}
         else:
             fn, kw = select, {"strategy": strategy, "generator": torch.Generator().manual_seed(1)}
-        sel, seconds, rise, traced, method = measure(fn, probs=probs, budget=budget, **kw)
-        assert sel.indices.unique().numel() == budget
-        rows.append({"strategy": strategy, "seconds": seconds, "peak_rss_rise_mib": rise,
+        sel, seconds, cpu, rise, traced, method = measure(fn, probs=probs, budget=budget, **kw)
+        if sel.indices.unique().numel() != budget:
+            raise RuntimeError(f"{strategy} returned {sel.indices.unique().numel()} distinct picks, not {budget}")
+        rows.append({"strategy": strategy, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_rise_mib": rise,
                      "traced_python_peak_mib": traced, "selected": budget})
-        print(f"{strategy:<10} {seconds:>10.2f} {rise:>20.1f} {traced:>20.1f}")
+        print(f"{strategy:<10} {seconds:>10.2f} {cpu:>10.2f} {rise:>20.1f} {traced:>20.1f}")
     result = {
         "command": "python -m benchmarks perf selection " + " ".join(argv or []),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "pool": args.pool, "classes": args.classes, "budget": budget,
         "dense_nxn_float64_mib": dense_mib,
         "memory_method": method,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                    "load_average_1min_at_end": os.getloadavg()[0]},
         "results": rows,
     }
     write_json(args.out, result)
