@@ -378,12 +378,14 @@ def lazy_greedy(fn: SetFunction, budget: int, *, batch: int = 32) -> Selection:
     heap = [(-g, i) for i, g in enumerate(g0)]
     heapq.heapify(heap)
     fresh_at = [0] * n
-    picks, gains, evaluations = [], [], n
+    picks: list[int] = []
+    gains: list[float] = []
+    evaluations = n
 
     # Step 2: pop until the top is fresh; re-evaluate stale tops in batches.
     for t in range(budget):
         while fresh_at[heap[0][1]] != t:
-            stale = []
+            stale: list[int] = []
             while heap and len(stale) < batch and fresh_at[heap[0][1]] != t:
                 stale.append(heapq.heappop(heap)[1])
             g = fn.gains(state, torch.tensor(stale)).cpu().tolist()

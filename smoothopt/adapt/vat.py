@@ -257,10 +257,9 @@ def vaada_loss(
         raise ValueError(f"y_labelled must have shape {tuple(x_labelled.shape[:1])}, got {tuple(y_labelled.shape)}")
     z_l = model(x_labelled) if logits_labelled is None else logits_labelled
     z_t = model(x_target) if logits_target is None else logits_target
-    kw = {"xi": xi, "eps": eps, "power_iterations": power_iterations, "generator": generator}
     ce = F.cross_entropy(z_l.float(), y_labelled)
-    vat_l = vat_loss(model, x_labelled, z_l, **kw)
-    vat_t = vat_loss(model, x_target, z_t, **kw)
+    vat_l = vat_loss(model, x_labelled, z_l, xi=xi, eps=eps, power_iterations=power_iterations, generator=generator)
+    vat_t = vat_loss(model, x_target, z_t, xi=xi, eps=eps, power_iterations=power_iterations, generator=generator)
     ent_t = conditional_entropy(z_t)
     adv = adversarial_loss if adversarial_loss is not None else ce.new_zeros(())
     total = (ce + weights.vat_labelled * vat_l + weights.vat_target * vat_t
