@@ -46,6 +46,11 @@ def as_class_counts(cls_num_list: Sequence[int] | Tensor | Any, name: str = "cls
         ValueError: If there are fewer than one class, or a count is zero, negative, non-finite or
             not an integer.
     """
+    if not isinstance(cls_num_list, Tensor) and hasattr(cls_num_list, "__array__"):
+        try:
+            cls_num_list = torch.as_tensor(cls_num_list)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must hold integers, got an array that torch cannot read ({err})") from err
     if isinstance(cls_num_list, Tensor):
         if cls_num_list.dtype == torch.bool or cls_num_list.is_complex():
             raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {cls_num_list.dtype}")
