@@ -23,11 +23,19 @@ def rank_and_world() -> tuple[int, int]:
 def shard_indices(n: int, rank: int | None = None, world_size: int | None = None) -> torch.Tensor:
     """This rank's share of ``range(n)``: every ``world_size``-th index from ``rank``.
 
-    Shards differ in size by at most one, and their union is exactly ``range(n)``.
+    Shards differ in size by at most one, and their union is exactly ``range(n)``; a rank beyond
+    ``n`` gets an empty shard.
+
+    Raises:
+        ValueError: If ``n`` is negative or ``rank`` is not in ``[0, world_size)``.
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
-    return torch.arange(rank, n, world_size)
+    if n < 0:
+        raise ValueError(f"n must be in [0, inf), got {n}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return torch.arange(rank, max(n, rank), world_size)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

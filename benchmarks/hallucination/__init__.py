@@ -38,7 +38,8 @@ _PAPER: dict[str, Any] = {
     "recursive_grid": {"enabled": True, "n": 100_000, "std": 0.05, "width": 128, "num_blocks": 3, "tied": False,
                        "steps": 50_000, "batch_size": 10_000, "lr": 1e-3, "lr_final": 1e-3, "generations": 5,
                        "filter_fraction": 0.0244, "window": "K10"},
-    "recursive_digits": {"enabled": True, "source": "mnist", "mnist_dir": None, "width": 512, "num_blocks": 3,
+    "recursive_digits": {"enabled": True, "source": "mnist", "mnist_dir": None, "classifier_steps": 2_000,
+                         "width": 512, "num_blocks": 3,
                          "tied": False, "steps": 50_000,
                          "batch_size": 1_024, "lr": 1e-3, "lr_final": 1e-4, "generations": 5,
                          "filter_fraction": 0.0244, "window": "K10"},
@@ -51,8 +52,8 @@ _CPU["shapes"].update(n=2_000, size=32, channels=[16, 32, 32], steps=300, batch_
                       samples=256, sample_steps=50, sample_batch=256, write_png=64)
 _CPU["recursive_grid"].update(n=5_000, width=64, steps=3_000, batch_size=512, lr=3e-3, lr_final=1e-5,
                               filter_fraction=0.1, window="K5")
-_CPU["recursive_digits"].update(source="digits", width=256, steps=2_000, batch_size=256, lr=2e-3, lr_final=1e-5,
-                                filter_fraction=0.1, window="K10")
+_CPU["recursive_digits"].update(source="digits", classifier_steps=400, width=256, steps=2_000, batch_size=256,
+                                lr=2e-3, lr_final=1e-5, filter_fraction=0.1, window="K10")
 
 _SMOKE: dict[str, Any] = copy.deepcopy(_CPU)
 _SMOKE["windows"] = ["K2", "K3"]
@@ -63,7 +64,7 @@ _SMOKE["grid"].update(n=400, width=16, steps=20, batch_size=64, samples=200)
 _SMOKE["shapes"].update(n=16, size=16, channels=[8, 8, 8], steps=2, batch_size=8, samples=8, sample_steps=5,
                         sample_batch=8, write_png=4, windows=["K2", "t10"])
 _SMOKE["recursive_grid"].update(n=200, width=16, steps=10, batch_size=64, generations=2, window="K3")
-_SMOKE["recursive_digits"].update(width=16, steps=10, batch_size=64, generations=2, window="K3")
+_SMOKE["recursive_digits"].update(classifier_steps=20, width=16, steps=10, batch_size=64, generations=2, window="K3")
 
 EXPERIMENT = Experiment(
     name="hallucination",

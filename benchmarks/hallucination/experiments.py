@@ -268,14 +268,14 @@ def _digits_data(rc: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return x.flatten(1) * 2.0 - 1.0, y
 
 
-def _digit_features(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[nn.Module, torch.Tensor]:
+def _digit_features(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int) -> tuple[nn.Module, torch.Tensor]:
     """A small digit classifier trained on ``(x, y)``; returns its feature extractor and the features of ``x``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     features = nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU())
     clf = nn.Sequential(features, nn.Linear(64, 10))
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
-    for _ in range(400):
+    for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (256,), generator=g)
         loss = nn.functional.cross_entropy(clf(x[idx]), y[idx])
         opt.zero_grad()
@@ -313,7 +313,7 @@ def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: 
         real = mix.x
     else:
         real, digit_labels = _digits_data(rc)
-        feat_net, real_feats = _digit_features(real, digit_labels, seed)
+        feat_net, real_feats = _digit_features(real, digit_labels, seed, rc["classifier_steps"])
     n = real.shape[0]
     n_draw = int(round(n / (1.0 - rc["filter_fraction"])))
     window = rc["window"]
