@@ -123,3 +123,39 @@ def test_sdat_errors():
         sdat_step(lambda need: (_closure(model, adv_fn, batch)(False)[0], None), sam, d_opt)
     with pytest.raises(ValueError, match="trade_off"):
         SDATStep(sam, d_opt, trade_off=-1.0)
+
+
+@pytest.mark.parametrize("adversarial_at", ["perturbed", "clean"])
+def test_sdat_with_grad_scaler_matches_unscaled(adversarial_at):
+    """A power-of-two loss scale cancels exactly; the update equals the unscaled one."""
+    results = []
+    for use_scaler in (False, True):
+        model, disc, _, adv_fn, sam, d_opt, batch = _setup(lr=0.5)
+        model.float()
+        disc.float()
+        batch = (batch[0].float(), batch[1], batch[2].float())
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if use_scaler else None
+        sdat_step(_closure(model, adv_fn, batch), sam, d_opt, adversarial_at=adversarial_at, scaler=scaler)
+        results.append([p.detach().clone() for p in list(model.parameters()) + list(disc.parameters())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sdat_skipped_scaler_step_restores_weights():
+    model, disc, _, adv_fn, sam, d_opt, batch = _setup(lr=0.5)
+    model.float()
+    disc.float()
+    x_s, y_s, x_t = batch
+    batch = (x_s.float(), y_s, x_t.float())
+    w0 = [p.detach().clone() for p in list(model.parameters()) + list(disc.parameters())]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    closure = _closure(model, adv_fn, batch)
+
+    def poisoned(need_adversarial):
+        task, adv = closure(need_adversarial)
+        return task, (adv * float("inf") if adv is not None else None)
+
+    sdat_step(poisoned, sam, d_opt, scaler=scaler)
+    assert scaler.get_scale() == 2.0**9  # the skipped step halves the scale
+    for p, w in zip(list(model.parameters()) + list(disc.parameters()), w0):
+        assert torch.equal(p, w)

@@ -47,6 +47,7 @@ def sdat_step(
     *,
     trade_off: float = 1.0,
     adversarial_at: Literal["perturbed", "clean"] = "perturbed",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> SDATLosses:
     r"""One SDAT iteration: sharpness-aware step on the task loss, plain step on the adversarial loss.
 
@@ -74,6 +75,9 @@ def sdat_step(
         discriminator_optimizer: The discriminator's own optimizer.
         trade_off: Weight :math:`\mu` of the adversarial loss.
         adversarial_at: Weights at which the adversarial gradient is taken.
+        scaler: A ``torch.amp.GradScaler`` for mixed precision: the losses are scaled before each
+            backward, both optimizers are stepped through it (a step skipped for inf or NaN still
+            restores the classifier's weights) and ``scaler.update()`` is called once at the end.
 
     Returns:
         The detached task and adversarial losses.
@@ -106,17 +110,20 @@ def sdat_step(
     optimizer.zero_grad(set_to_none=True)
     discriminator_optimizer.zero_grad(set_to_none=True)
 
+    def scaled(loss: Tensor) -> Tensor:
+        return loss if scaler is None else scaler.scale(loss)
+
     # Step 1: task loss E(theta) at the clean weights, and its gradient (the ascent direction).
     with torch.enable_grad():
         task, adv = closure(adversarial_at == "clean")
         if adversarial_at == "clean":
             adv = _require(adv)
-            task.backward(retain_graph=True)
-            # The adversarial gradient at the clean weights, kept aside for step 4.
+            scaled(task).backward(retain_graph=True)
+            # The adversarial gradient at the clean weights, kept aside for step 3.
             trainable = [p for p in theta + phi if p.requires_grad]
-            stash = torch.autograd.grad(trade_off * adv, trainable, allow_unused=True)
+            stash = torch.autograd.grad(scaled(trade_off * adv), trainable, allow_unused=True)
         else:
-            task.backward()
+            scaled(task).backward()
     task_clean = task.detach()
 
     # Step 2: theta <- theta + rho g / ||g|| (only the classifier: the SAM optimizer holds nothing else).
@@ -128,16 +135,22 @@ def sdat_step(
         task2, adv2 = closure(adversarial_at == "perturbed")
         if adversarial_at == "perturbed":
             adv = _require(adv2)
-            (task2 + trade_off * adv).backward()
+            scaled(task2 + trade_off * adv).backward()
         else:
-            task2.backward()
+            scaled(task2).backward()
             for p, g in zip(trainable, stash):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad.add_(g)
 
     # Step 4: step the discriminator, restore theta and step its base optimizer.
-    discriminator_optimizer.step()
-    optimizer.second_step(zero_grad=True)
+    if scaler is None:
+        discriminator_optimizer.step()
+        optimizer.second_step(zero_grad=True)
+    else:
+        scaler.step(discriminator_optimizer)
+        scaler.step(optimizer)  # SAM restores w, unscales and steps its base optimizer (or skips)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
     discriminator_optimizer.zero_grad(set_to_none=True)
     return SDATLosses(task_clean, _require(adv).detach())
 
@@ -156,6 +169,7 @@ class SDATStep:
         discriminator_optimizer: The discriminator's optimizer.
         trade_off: Weight of the adversarial loss.
         adversarial_at: ``"perturbed"`` (public code) or ``"clean"``.
+        scaler: Optional ``torch.amp.GradScaler``.
 
     Example:
         >>> step = SDATStep(sam, disc_optimizer)  # doctest: +SKIP
@@ -170,8 +184,10 @@ class SDATStep:
         *,
         trade_off: float = 1.0,
         adversarial_at: Literal["perturbed", "clean"] = "perturbed",
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         self.optimizer = optimizer
+        self.scaler = scaler
         self.discriminator_optimizer = discriminator_optimizer
         self.trade_off = check_real("trade_off", trade_off, 0.0)
         self.adversarial_at = check_choice("adversarial_at", adversarial_at, ("perturbed", "clean"))
@@ -179,4 +195,4 @@ class SDATStep:
     def __call__(self, closure: SDATClosure) -> SDATLosses:
         """Run one SDAT iteration with ``closure`` (see :func:`sdat_step`)."""
         return sdat_step(closure, self.optimizer, self.discriminator_optimizer,
-                         trade_off=self.trade_off, adversarial_at=self.adversarial_at)
+                         trade_off=self.trade_off, adversarial_at=self.adversarial_at, scaler=self.scaler)
