@@ -52,7 +52,7 @@ def per_class_accuracy(preds_or_logits: Tensor, targets: Tensor, num_classes: in
         preds = preds_or_logits
     if preds.shape[0] != targets.shape[0]:
         raise ValueError(f"preds_or_logits has {preds.shape[0]} samples but targets has {targets.shape[0]}")
-    targets = targets.detach().cpu().long()
+    targets = targets.detach().cpu().long()  # uint8 labels must not index as a mask
     correct = (preds.detach().cpu().long() == targets).to(torch.float64)
     hits = torch.bincount(targets, weights=correct, minlength=num_classes)
     totals = torch.bincount(targets, minlength=num_classes).to(torch.float64)
@@ -141,9 +141,11 @@ def _check_indices(name: str, t: Tensor, num_classes: int) -> None:
         raise TypeError(f"{name} must be an integer tensor of class indices, got {kind}")
     if t.dim() != 1:
         raise ValueError(f"{name} must have shape (N,), got {tuple(t.shape)}")
-    if t.numel() > 0 and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-        raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got {bad}")
+    if t.numel() > 0:
+        lo, hi = torch.stack(torch.aminmax(t)).tolist()
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got {bad}")
 
 
 def _acc_and_counts(

@@ -345,6 +345,15 @@ def test_under_autocast(name, half):
     torch.testing.assert_close(got, loss_fn(logits.detach().float(), target))
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_label_dtype(name, dtype):
+    # uint8 labels would index the weights as a boolean-like mask if they were not converted to long.
+    logits, target = _batch()
+    loss_fn = LOSSES[name](_weights())
+    torch.testing.assert_close(loss_fn(logits, target.to(dtype)), loss_fn(logits, target))
+
+
 def test_set_weight_changes_the_loss_and_validates():
     logits, target = _batch()
     loss_fn = VSLoss(COUNTS, gamma=0.0, tau=0.0)

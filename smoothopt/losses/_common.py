@@ -106,13 +106,16 @@ def resolve_start_epoch(total_epochs: int, start: float | int, name: str = "star
     return int(round(fraction * total_epochs))
 
 
-def check_logits_and_target(logits: Tensor, target: Tensor, num_classes: int | None = None) -> None:
-    """Check a batch of logits of shape ``(N, C)`` and integer labels of shape ``(N,)``.
+def check_logits_and_target(logits: Tensor, target: Tensor, num_classes: int | None = None) -> Tensor:
+    """Check a batch of logits of shape ``(N, C)`` and integer labels of shape ``(N,)``; return the labels as long.
 
     Args:
         logits: Unnormalised scores, floating point, shape ``(N, C)``.
         target: Class indices, an integer tensor of shape ``(N,)`` with values in ``[0, C)``.
         num_classes: Number of classes the loss was built for, or ``None`` to take ``C`` from ``logits``.
+
+    Returns:
+        ``target`` as ``torch.long`` (any integer dtype is accepted; ``uint8`` would otherwise index as a mask).
 
     Raises:
         TypeError: If ``logits`` is not floating point or ``target`` is not an integer tensor.
@@ -136,10 +139,12 @@ def check_logits_and_target(logits: Tensor, target: Tensor, num_classes: int | N
     if num_classes is not None and c != num_classes:
         raise ValueError(f"logits has {c} columns but the loss was built for {num_classes} classes (cls_num_list)")
     if target.numel() > 0:
-        lo, hi = int(target.min()), int(target.max())
+        # One host synchronisation for both bounds.
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()
         if lo < 0 or hi >= c:
             bad = lo if lo < 0 else hi
             raise ValueError(f"target must hold class indices in [0, {c - 1}], got {bad}")
+    return target.long()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

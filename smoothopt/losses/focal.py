@@ -58,7 +58,7 @@ class FocalLoss(WeightedLoss):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the focal loss of ``logits`` against the class indices ``target``."""
-        check_logits_and_target(logits, target, None if self.weight is None else self.weight.numel())
+        target = check_logits_and_target(logits, target, None if self.weight is None else self.weight.numel())
         dtype = compute_dtype(logits.dtype)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             z = logits.to(dtype)

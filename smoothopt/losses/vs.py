@@ -87,7 +87,7 @@ class VSLoss(WeightedLoss):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the VS loss of ``logits`` against the class indices ``target``."""
-        check_logits_and_target(logits, target, self.num_classes)
+        target = check_logits_and_target(logits, target, self.num_classes)
         dtype = compute_dtype(logits.dtype)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             z = logits.to(dtype)
