@@ -89,6 +89,12 @@ class PerturbedGD(Optimizer):
         the CPU and copied to each parameter's device, so a run draws the same noise on any device.
 
     Note:
+        Under DDP give every rank the same ``seed``: the gradients are averaged before :meth:`step`, so every
+        rank takes the same decision and draws the same noise, and the replicas stay identical. With a
+        closure, a perturbation costs one more forward/backward, which also updates BatchNorm statistics
+        once more.
+
+    Note:
         Under ``torch.amp.GradScaler`` call ``scaler.step(opt)``: the scaler unscales the gradients before
         :meth:`step` runs, so the threshold is compared with the true gradient norm.
 
