@@ -40,7 +40,7 @@ _RECIPE = {
 }
 
 
-def _methods(rho_ce: float, rho_ce_drw: float, rho_ldam: float, rho_vs: float, warmup_fraction: float) -> dict:
+def _methods(rho_ce: float, rho_ce_drw: float, rho_ldam: float, rho_vs: float) -> dict:
     """The grid's rows; ``rho_*`` are the SAM radii per loss."""
     ldam_drw = {"loss": "ldam", "drw": True}
     return {
@@ -52,18 +52,19 @@ def _methods(rho_ce: float, rho_ce_drw: float, rho_ldam: float, rho_vs: float, w
         "ldam_drw_sam": {**ldam_drw, "optimizer": "sam", "rho": rho_ldam},
         # rho 0.05 during warm-up, 0.1 until re-weighting starts, then 0.5: the ImageNet-LT schedule of
         # Rangwani et al. (their rho_steps 0.05 0.1 0.5 0.5 with DRW at epoch 60 of 90).
-        "ldam_drw_sam_sched": {
-            **ldam_drw, "optimizer": "sam", "rho_phases": [[0.0, 0.05], [warmup_fraction, 0.1], [0.8, 0.5]],
-        },
+        "ldam_drw_sam_sched": {**ldam_drw, "optimizer": "sam", "rho_values": [0.05, 0.1, 0.5]},
         "vs": {"loss": "vs"},
         "vs_sam": {"loss": "vs", "optimizer": "sam", "rho": rho_vs},
         "ldam_drw_pgd": {
             **ldam_drw, "optimizer": "pgd",
-            "options": {"radius": 0.05, "grad_threshold": 0.05, "interval": 20},
+            # a noise ball as wide as SAM's rho for LDAM, at most one jump every 20 steps, when the batch
+            # gradient norm is at most 0.1 (on digits its median falls below 0.1 after about 60 of 200 epochs)
+            "options": {"radius": rho_ldam, "threshold": 0.1, "interval": 20},
         },
         "ldam_drw_negcurv": {
             **ldam_drw, "optimizer": "negcurv",
-            "options": {"step_size": 0.1, "lanczos_steps": 10, "interval": 20},
+            # a Lanczos check of the batch Hessian every 20 steps; a step of 0.1 along u when lambda_min < -1e-3
+            "options": {"step_size": 0.1, "epsilon": 1e-3, "lanczos_steps": 10, "every": 20},
         },
     }
 
@@ -83,10 +84,11 @@ _COMPARISONS = [
 
 _SPECTRA = {
     "seeds": [0],
-    "methods": ["ce_drw", "ce_drw_sam", "ldam_drw", "ldam_drw_sam", "vs", "vs_sam"],
+    "methods": ["ldam_drw", "ldam_drw_sam", "vs", "vs_sam"],
     "predrw_methods": ["ldam_drw", "ldam_drw_sam"],
     "lanczos_steps": 100,
     "density_probes": 1,
+    "trace_probes": 10,
     "bins": 200,
     "sigma": 0.01,
 }
@@ -97,19 +99,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "digits_cnn",
         "train": {**_RECIPE, "epochs": 3, "warmup_epochs": 1, "workers": 0},
         "losses": {"ldam": {"max_m": 0.5, "s": 30.0}, "vs": {"gamma": 0.3, "tau": 1.0}},
-        "methods": _methods(0.1, 0.1, 0.5, 0.1, 1 / 3),
+        "methods": _methods(0.1, 0.1, 0.5, 0.5),
         "paired_methods": ["ldam_drw", "ldam_drw_sam", "vs", "vs_sam"],
         "extra_seeds": 2,
         "comparisons": _COMPARISONS,
         "groups": {"head_fraction": 0.7, "many_threshold": 100, "few_threshold": 20},
-        "spectra": {**_SPECTRA, "lanczos_steps": 8, "bins": 50},
+        "spectra": {**_SPECTRA, "methods": ["ldam_drw", "ldam_drw_sam"], "predrw_methods": ["ldam_drw"],
+                    "lanczos_steps": 5, "trace_probes": 2, "bins": 50},
     },
     "cpu": {
         "data": {"name": "digits-lt", "imbalance_factor": 100, "test_per_class": 30},
         "model": "digits_cnn",
         "train": {**_RECIPE, "workers": 0},
         "losses": {"ldam": {"max_m": 0.5, "s": 30.0}, "vs": {"gamma": 0.3, "tau": 1.0}},
-        "methods": _methods(0.1, 0.1, 0.5, 0.1, 5 / 200),
+        "methods": _methods(0.1, 0.1, 0.5, 0.5),
         "paired_methods": ["ldam_drw", "ldam_drw_sam", "vs", "vs_sam"],
         "extra_seeds": 5,
         "comparisons": _COMPARISONS,
@@ -122,7 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": dict(_RECIPE),
         "losses": {"ldam": {"max_m": 0.5, "s": 30.0}, "vs": {"gamma": 0.3, "tau": 1.0}},
         # CIFAR-10-LT radii of Rangwani et al.: CE 0.1, CE+DRW 0.5, LDAM+DRW 0.8 (VS: not published, unconfirmed)
-        "methods": _methods(0.1, 0.5, 0.8, 0.5, 5 / 200),
+        "methods": _methods(0.1, 0.5, 0.8, 0.5),
         "paired_methods": ["ldam_drw", "ldam_drw_sam", "vs", "vs_sam"],
         "extra_seeds": 1,
         "comparisons": _COMPARISONS,

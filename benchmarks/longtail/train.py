@@ -14,7 +14,6 @@ its share of each batch (:func:`benchmarks._dist.shard_indices`); gradients are 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import math
@@ -45,8 +44,9 @@ class Method:
         optimizer: ``sgd``, ``sam``, ``pgd`` (perturbed gradient descent) or ``negcurv``
             (steps along negative curvature).
         rho: SAM radius (``sam`` only).
-        rho_phases: ``[[fraction, rho], ...]``: a rho schedule over training (``sam`` only); the
-            first fraction is 0. Takes the place of ``rho``.
+        rho_values: A rho schedule tied to re-weighting (``sam`` only, in place of ``rho``): the first
+            value during the learning-rate warm-up, the middle one until re-weighting starts, the
+            last one from then on (:meth:`smoothopt.saddle.PhasedRho.for_reweighting`).
         options: Extra keyword arguments of the optimizer (``pgd``, ``negcurv``).
     """
 
@@ -55,19 +55,19 @@ class Method:
     drw: bool = False
     optimizer: str = "sgd"
     rho: float | None = None
-    rho_phases: tuple[tuple[float, float], ...] | None = None
+    rho_values: tuple[float, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any]) -> Method:
-        phases = cfg.get("rho_phases")
+        values = cfg.get("rho_values")
         return cls(
             name=name,
             loss=cfg["loss"],
             drw=bool(cfg.get("drw", False)),
             optimizer=cfg.get("optimizer", "sgd"),
             rho=cfg.get("rho"),
-            rho_phases=tuple((float(f), float(r)) for f, r in phases) if phases else None,
+            rho_values=tuple(float(r) for r in values) if values else None,
             options=tuple(sorted(cfg.get("options", {}).items())),
         )
 
@@ -208,32 +208,38 @@ def set_loss_weight(loss_fn: nn.Module, weight: torch.Tensor | None, device: tor
 
 
 def build_optimizer(
-    method: Method, model: nn.Module, train_cfg: dict[str, Any], steps_per_epoch: int
+    method: Method, model: nn.Module, loss_fn: nn.Module, train_cfg: dict[str, Any], steps_per_epoch: int
 ) -> torch.optim.Optimizer:
-    """SGD, or SAM / perturbed descent / a negative-curvature optimizer from :mod:`smoothopt` around it."""
+    """SGD, or SAM / perturbed descent / negative-curvature escape from :mod:`smoothopt` around it."""
     base = dict(lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"])
     params = [p for p in model.parameters() if p.requires_grad]
+    options = dict(method.options)
     if method.optimizer == "sgd":
         return torch.optim.SGD(params, **base)
     if method.optimizer == "sam":
         from smoothopt.sam import SAM
 
         rho: float | Callable[[int], float]
-        if method.rho_phases is not None:
-            rho = _phased_rho(method.rho_phases, train_cfg["epochs"], steps_per_epoch)
+        if method.rho_values is not None:
+            from smoothopt.saddle import PhasedRho
+
+            rho = PhasedRho.for_reweighting(
+                train_cfg["epochs"], steps_per_epoch, start=train_cfg["drw_start"], values=method.rho_values,
+                early_boundaries=(train_cfg["warmup_epochs"],) if len(method.rho_values) == 3 else (),
+            )
+        elif method.rho is None:
+            raise ValueError(f"method {method.name!r}: optimizer 'sam' needs rho or rho_values")
         else:
-            if method.rho is None:
-                raise ValueError(f"method {method.name!r}: optimizer 'sam' needs rho or rho_phases")
             rho = float(method.rho)
         return SAM(params, torch.optim.SGD, rho=rho, **base)
     if method.optimizer == "pgd":
-        from smoothopt import PerturbedGD
+        from smoothopt.saddle import PerturbedGD
 
-        return PerturbedGD(params, torch.optim.SGD, **dict(method.options), **base)
+        return PerturbedGD(params, torch.optim.SGD, **options, **base)
     if method.optimizer == "negcurv":
-        from smoothopt.hessian import NegativeCurvatureDescent
+        from smoothopt.hessian import NegativeCurvatureEscape
 
-        return NegativeCurvatureDescent(params, torch.optim.SGD, **dict(method.options), **base)
+        return NegativeCurvatureEscape(torch.optim.SGD(params, **base), model, loss_fn, **options)
     raise ValueError(f"optimizer must be one of sgd, sam, pgd, negcurv, got {method.optimizer!r}")
 
 
@@ -242,7 +248,7 @@ OPTIMIZERS = {
     "sgd": ("torch.optim", "SGD"),
     "sam": ("smoothopt.sam", "SAM"),
     "pgd": ("smoothopt.saddle", "PerturbedGD"),
-    "negcurv": ("smoothopt.hessian", "NegativeCurvatureDescent"),
+    "negcurv": ("smoothopt.hessian", "NegativeCurvatureEscape"),
 }
 
 
@@ -255,18 +261,6 @@ def optimizer_available(kind: str) -> bool:
         return hasattr(importlib.import_module(module), name)
     except ImportError:
         return False
-
-
-def _phased_rho(phases: tuple[tuple[float, float], ...], epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """Rho as a function of the SAM step: piecewise constant, each phase starting at a fraction of training."""
-    starts = [round(f * epochs) * steps_per_epoch for f, _ in phases]
-    values = [r for _, r in phases]
-
-    def rho(step: int) -> float:
-        # the last phase whose start has been reached
-        return values[bisect.bisect_right(starts, step) - 1]
-
-    return rho
 
 
 def _norm_stats_frozen(model: nn.Module):
@@ -316,7 +310,7 @@ def train_one(
     else:
         n_train = len(data.train_set)
     steps_per_epoch = math.ceil(n_train / tc["batch_size"])
-    optimizer = build_optimizer(method, model, tc, steps_per_epoch)
+    optimizer = build_optimizer(method, model, loss_fn, tc, steps_per_epoch)
     drw_at = drw_start_epoch(epochs, tc["drw_start"])
     reweight = None
     if method.drw:
@@ -346,11 +340,16 @@ def train_one(
         for x, y in batches:
             if method.optimizer == "sam":
                 loss = _sam_step(optimizer, model, loss_fn, x, y, freeze)
+            elif method.optimizer == "pgd":
+                loss = _closure_step(optimizer, model, loss_fn, x, y)
             else:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 loss.backward()
-                optimizer.step()
+                if method.optimizer == "negcurv":
+                    optimizer.step(batch=(x, y))
+                else:
+                    optimizer.step()
             epoch_loss += torch.tensor([float(loss.detach()) * y.numel(), y.numel()], dtype=torch.float64)
             steps += 1
         if not math.isfinite(float(epoch_loss[0])):
@@ -373,6 +372,9 @@ def train_one(
         "final_train_loss": float(epoch_loss[0] / epoch_loss[1]),
         "steps": steps,
         "train_s": round(train_time, 3),
+        # how often the saddle-escape optimizers acted
+        "perturbations": getattr(optimizer, "num_perturbations", None),
+        "escapes": getattr(optimizer, "num_escapes", None),
     }
 
 
@@ -389,3 +391,17 @@ def _sam_step(
             loss_fn(model(x), y).backward()
     optimizer.step()
     return loss.detach()
+
+
+def _closure_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One step of an optimizer that re-evaluates the gradient itself (perturbed gradient descent)."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    return torch.as_tensor(optimizer.step(closure)).detach()
