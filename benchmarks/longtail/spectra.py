@@ -9,6 +9,7 @@ the negative mass of the density, and the density itself. The loss is the method
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ def class_spectra(
     loss_fn = build_loss(method, data.cls_num_list, config.get("losses", {})).to(device)
     x = data.train_x.to(device=device, dtype=dtype)
     y = data.train_y.to(device)
+    c0 = time.process_time()
     res = per_class_spectra(
         model, lambda out, t: loss_fn(out, t), (x, y), data.num_classes,
         num_steps=sc["lanczos_steps"], density_probes=sc["density_probes"], trace_probes=sc.get("trace_probes", 20),
@@ -52,7 +54,8 @@ def class_spectra(
     for s in res.classes:
         grid, values = s.density.smooth(num_points=sc["bins"], width=sc["sigma"])
         density.append({"grid": grid.tolist(), "values": values.tolist()})
-    return {"classes": res.table(), "density": density, "matvecs": res.num_matvecs}
+    return {"classes": res.table(), "density": density, "matvecs": res.num_matvecs,
+            "cpu_s": round(time.process_time() - c0, 3)}
 
 
 # --------------------------------------------------------------------------- report

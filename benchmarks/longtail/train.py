@@ -320,7 +320,7 @@ def train_one(
     generator = torch.Generator().manual_seed(seed)
     freeze = bool(tc.get("freeze_norm_stats", True))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     steps = 0
     epoch_loss = torch.zeros(2, dtype=torch.float64)
     epoch_iter = range(epochs)
@@ -354,7 +354,7 @@ def train_one(
             steps += 1
         if not math.isfinite(float(epoch_loss[0])):
             raise RuntimeError(f"{method.name} seed {seed}: the training loss diverged at epoch {epoch}")
-    train_time = time.perf_counter() - t0
+    train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     all_reduce_sum(epoch_loss)
     if checkpoint is not None:
         checkpoint("final", unwrap(model))
@@ -372,6 +372,7 @@ def train_one(
         "final_train_loss": float(epoch_loss[0] / epoch_loss[1]),
         "steps": steps,
         "train_s": round(train_time, 3),
+        "train_cpu_s": round(train_cpu, 3),
         # how often the saddle-escape optimizers acted
         "perturbations": getattr(optimizer, "num_perturbations", None),
         "escapes": getattr(optimizer, "num_escapes", None),
