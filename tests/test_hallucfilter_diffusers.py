@@ -299,3 +299,66 @@ def test_kdiffusion_callback_in_an_euler_loop():
     np.testing.assert_allclose(by_sigma.scores().numpy(), np.var(traj[inside], axis=0).mean(axis=(1, 2)), rtol=1e-12)
     with pytest.raises(ValueError, match="needs num_steps"):
         hallucfilter.KDiffusionCallback(last_k=3)
+
+
+# --- real pipelines that inspect the signature, and classifier-free guidance ----------------------------
+
+
+def test_pipeline_that_inspects_step_signature_keeps_eta(unet):
+    # LDMSuperResolutionPipeline passes eta only if inspect.signature(scheduler.step) has it; with eta=1 a
+    # wrapper that hid the signature would change the samples. Its DDIM noise comes from the global RNG.
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+        LDMSuperResolutionPipeline,
+    )
+
+    torch.manual_seed(0)
+    sr_unet = diffusers.UNet2DModel(
+        sample_size=16, in_channels=6, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+        norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+    vq = diffusers.VQModel(block_out_channels=[16], down_block_types=["DownEncoderBlock2D"],
+                           up_block_types=["UpDecoderBlock2D"], in_channels=3, out_channels=3, latent_channels=3,
+                           layers_per_block=1, norm_num_groups=8, num_vq_embeddings=8).eval()
+    pipe = LDMSuperResolutionPipeline(vqvae=vq, unet=sr_unet, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    low_res = torch.rand(BATCH, 3, 16, 16) * 2 - 1
+
+    def run():
+        torch.manual_seed(1)
+        return pipe(image=low_res, num_inference_steps=NUM_STEPS, eta=1.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    plain = run()
+    with hallucfilter.attach(pipe.scheduler, last_k=3) as rec:
+        hooked = run()
+    assert np.array_equal(plain, hooked) and rec.tracker.count == 3
+    pipe.scheduler.step = lambda *a, **k: type(pipe.scheduler).step(pipe.scheduler, *a, **k)  # hides the signature
+    assert not np.array_equal(plain, run())  # so this test can fail
+    del pipe.scheduler.step
+
+
+def test_dit_classifier_free_guidance_batch():
+    # DiTPipeline steps the conditional and unconditional copies together (batch 2B, identical halves after
+    # guidance); the recorder sees all 2B rows, and scores()[:B] are the images' scores.
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, num_embeds_ada_norm=1000, norm_num_groups=8,
+    ).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=[16], down_block_types=["DownEncoderBlock2D"],
+                                  up_block_types=["UpDecoderBlock2D"], in_channels=3, out_channels=3,
+                                  latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=8).eval()
+    pipe = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(class_labels=[1, 2, 3], num_inference_steps=NUM_STEPS, guidance_scale=4.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    plain = run()
+    rec = hallucfilter.attach(pipe.scheduler, last_k=4)
+    hooked = run()
+    rec.detach()
+    assert np.array_equal(plain, hooked)
+    scores = rec.scores()
+    assert scores.shape == (6,) and torch.equal(scores[:3], scores[3:]) and (scores > 0).all()
