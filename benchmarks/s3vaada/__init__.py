@@ -32,6 +32,7 @@ LABELS = {
     "vaada": "VAADA",
     "dann": "DANN",
 }
+HEADLINE = frozenset({"random", "entropy", "s3"})
 COMPARISONS = (
     ("s3", "random"),
     ("s3", "entropy"),
@@ -92,8 +93,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": dict(_MLP),
         "discriminator_hidden": 256,
         "budget_per_round": 14,
-        "init_iterations": 1000,
-        "round_iterations": 200,
+        "init_iterations": 800,
+        "round_iterations": 150,
     },
     "paper": {
         **_COMMON,
@@ -119,7 +120,18 @@ def _units(config: dict[str, Any], seeds: list[int]) -> list[str]:
         unknown = set(strategies) - set(STRATEGIES)
         if unknown:
             raise ValueError(f"grid names unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
-    return [f"{t}__{st}__seed{s}" for s in seeds for t, sts in config["grid"].items() for st in sts]
+    # Order of work: the headline strategies under the first trainer for every seed, then its other
+    # strategies, then the other trainers; an interrupted run has the most important cells complete.
+    first = next(iter(config["grid"]))
+    units = []
+    for tier in range(3):
+        for s in seeds:
+            for t, sts in config["grid"].items():
+                for st in sts:
+                    rank = 2 if t != first else (0 if st in HEADLINE else 1)
+                    if rank == tier:
+                        units.append(f"{t}__{st}__seed{s}")
+    return units
 
 
 def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:

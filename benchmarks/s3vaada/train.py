@@ -227,6 +227,8 @@ def run_active(config: dict[str, Any], trainer: str, strategy: str, seed: int, c
         # The selection's generator is the same on every rank, so every rank picks the same examples.
         gen = torch.Generator().manual_seed(1_000_003 * seed + 100 + r)
         picks = choose(strategy, learner.model, data, unlabelled, budget, config, gen, device)
+        # Under torchrun, BatchNorm statistics differ slightly between ranks: label rank 0's picks everywhere.
+        picks = gather_objects(picks.cpu())[0]
         labelled = torch.cat([labelled, picks.cpu()])
         train_phase(learner, config, trainer, data, labelled, int(config["round_iterations"]), seed, r, device)
         budgets.append(int(labelled.numel()))

@@ -35,6 +35,7 @@ COMPARISONS = (
     ("dann", "source_only"),
     ("cdan", "dann"),
 )
+HEADLINE = frozenset({"dann", "dann_sdat", "dann_sam", "cdan", "cdan_sdat"})
 # Numbers quoted in the reports (accuracy %), from ../shared/PAPERS.md section 3.
 PAPER_NUMBERS = {
     "Office-Home ResNet-50 (TLL protocol)": {"dann": 65.2, "cdan": 68.8, "cdan_mcc": 72.4},
@@ -112,7 +113,19 @@ def _units(config: dict[str, Any], seeds: list[int]) -> list[str]:
     missing = set(config["grid"]) - set(config["settings"])
     if missing:
         raise ValueError(f"grid names settings {sorted(missing)} absent from settings")
-    return [f"{setting}__{method}__seed{s}" for s in seeds for setting, ms in config["grid"].items() for method in ms]
+    # Order of work: the methods of the headline comparisons on the first setting for every seed,
+    # then the rest of the first setting, then the other settings; an interrupted run has the
+    # most important cells complete.
+    first = next(iter(config["grid"]))
+    units = []
+    for tier in range(3):
+        for s in seeds:
+            for setting, ms in config["grid"].items():
+                for method in ms:
+                    t = 2 if setting != first else (0 if method in HEADLINE else 1)
+                    if t == tier:
+                        units.append(f"{setting}__{method}__seed{s}")
+    return units
 
 
 def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:
