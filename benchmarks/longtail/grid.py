@@ -8,7 +8,8 @@ Two kinds of unit:
 * ``spectrum_{method}_{tag}_seed{s}``: the class-wise Hessian spectra of a saved model
   (``tag`` ``final``, or ``predrw`` for the model just before re-weighting switches on).
 
-Training units come first, so that a run stopped early still holds the paired comparisons.
+The paired training units and their spectra come first, so that a run stopped early still holds
+the comparisons that matter most.
 """
 
 from __future__ import annotations
@@ -148,8 +149,13 @@ def method_seeds(config: dict[str, Any], method: str, seeds: list[int]) -> list[
 
 
 def units(config: dict[str, Any], seeds: list[int]) -> list[str]:
-    """Training units (paired methods seed by seed, then the others), then the spectra units."""
-    keys = []
+    """Unit keys in execution order: the paired methods seed by seed, their spectra, then the other rows.
+
+    The must-show comparisons and spectra therefore finish first; spectra of rows that are not paired
+    come last, after their training units.
+    """
+    keys: list[str] = []
+    deferred_spectra: list[str] = []
     # NOTE: rows whose optimizer this smoothopt lacks are left out (the report lists them); the
     # configuration stays the same, so a rerun after the library gains them adds just those units.
     runnable = [m for m, cfg in config["methods"].items() if optimizer_available(cfg.get("optimizer", "sgd"))]
@@ -157,17 +163,19 @@ def units(config: dict[str, Any], seeds: list[int]) -> list[str]:
     others = [m for m in runnable if m not in config["paired_methods"]]
     for seed in seeds:
         keys += [f"train_{m}_seed{seed}" for m in paired]
+    spectra = config["spectra"]
+    if spectra_available():
+        for seed in spectra["seeds"]:
+            if seed not in seeds:
+                continue
+            # spectra of the paired methods need only their own training units, which come first
+            for tag, names in (("final", spectra["methods"]), ("predrw", spectra["predrw_methods"])):
+                late = [m for m in names if m in runnable and m not in config["paired_methods"]]
+                keys += [f"spectrum_{m}_{tag}_seed{seed}" for m in names if m in paired]
+                deferred_spectra.extend(f"spectrum_{m}_{tag}_seed{seed}" for m in late)
     for seed in seeds[: config["extra_seeds"]]:
         keys += [f"train_{m}_seed{seed}" for m in others]
-    spectra = config["spectra"]
-    if not spectra_available():
-        return keys
-    for seed in spectra["seeds"]:
-        if seed not in seeds:
-            continue
-        keys += [f"spectrum_{m}_final_seed{seed}" for m in spectra["methods"] if m in runnable]
-        keys += [f"spectrum_{m}_predrw_seed{seed}" for m in spectra["predrw_methods"] if m in runnable]
-    return keys
+    return keys + deferred_spectra
 
 
 def spectra_available() -> bool:
