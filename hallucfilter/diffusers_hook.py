@@ -279,6 +279,11 @@ def attach(scheduler: Any, last_k: int | None = 10, *, timestep_below: float | N
         TypeError: If ``scheduler`` has no ``step`` / ``set_timesteps``.
         ValueError: If the window is invalid or longer than the current schedule.
 
+    Note:
+        The wrappers are instance attributes bound to this scheduler: ``copy.deepcopy`` of a hooked
+        scheduler would share them with the original. Detach before copying (``save_pretrained`` and
+        ``from_config`` only use the config and are unaffected).
+
     Example:
         >>> rec = hallucfilter.attach(pipe.scheduler, last_k=10)  # doctest: +SKIP
         >>> images = pipe(batch_size=8, num_inference_steps=50).images  # doctest: +SKIP

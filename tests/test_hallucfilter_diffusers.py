@@ -362,3 +362,43 @@ def test_dit_classifier_free_guidance_batch():
     assert np.array_equal(plain, hooked)
     scores = rec.scores()
     assert scores.shape == (6,) and torch.equal(scores[:3], scores[3:]) and (scores > 0).all()
+
+
+# --- recomputation where the scheduler clips, thresholds or stores epsilon --------------------------------
+
+
+def _own_or_stored(sched, out):
+    return sched.model_outputs[-1] if getattr(sched, "model_outputs", None) is not None else out[1]
+
+
+@pytest.mark.parametrize(("hooked", "reference", "channels"), [
+    (lambda: diffusers.DDPMScheduler(variance_type="learned_range"),
+     lambda: diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False), 6),
+    (lambda: diffusers.DDIMScheduler(clip_sample=True), lambda: diffusers.DDIMScheduler(clip_sample=False), 3),
+    (lambda: diffusers.HeunDiscreteScheduler(clip_sample=True, clip_sample_range=0.5),
+     lambda: diffusers.HeunDiscreteScheduler(), 3),
+    (lambda: diffusers.DPMSolverMultistepScheduler(thresholding=True, sample_max_value=0.5),
+     lambda: diffusers.DPMSolverMultistepScheduler(), 3),
+    (lambda: diffusers.UniPCMultistepScheduler(predict_x0=False), lambda: diffusers.UniPCMultistepScheduler(), 3),
+], ids=["ddpm-learned-clipped", "ddim-clipped", "heun-clipped", "dpm-thresholded", "unipc-epsilon"])
+def test_unclipped_x0_is_recomputed(hooked, reference, channels):
+    # Drive a hooked scheduler whose own x0_hat is clipped (or not a data prediction) and an unclipped
+    # reference with the same (model_output, sample) at every call; the hook must record the reference's x0_hat.
+    g = torch.Generator().manual_seed(0)
+    sched, ref = hooked(), reference()
+    rec = hallucfilter.attach(sched, last_k=NUM_STEPS)
+    sched.set_timesteps(NUM_STEPS)
+    ref.set_timesteps(NUM_STEPS)
+    trajectory, own = [], []
+    for t in sched.timesteps:
+        x = torch.randn(BATCH, 3, 4, 4, generator=g) * 3
+        model_output = torch.randn(BATCH, channels, 4, 4, generator=g)
+        first_order = getattr(ref, "state_in_first_order", True)
+        out_hooked = sched.step(model_output, t, x, return_dict=False)
+        out = ref.step(model_output, t, x, return_dict=False)
+        if first_order:
+            trajectory.append(_own_or_stored(ref, out))
+            own.append(_own_or_stored(sched, out_hooked))
+    expected = np.var(torch.stack(trajectory).double().numpy(), axis=0).reshape(BATCH, -1).mean(axis=1)
+    np.testing.assert_allclose(rec.scores().double().numpy(), expected, rtol=1e-4)
+    assert not torch.allclose(torch.stack(own), torch.stack(trajectory))  # the scheduler's own value differs
