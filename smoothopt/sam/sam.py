@@ -150,6 +150,7 @@ class SAM(Optimizer):
         self._ascended = False
         self._perturbed: list[tuple[list[Tensor], list[Tensor]]] = []
         self._backup: dict[Tensor, Tensor] = {}
+        self._backup_lists: dict[tuple[int, ...], list[Tensor]] = {}
         self._only: set[Tensor] | None = None
 
         if isinstance(base_optimizer, Optimizer):
@@ -207,6 +208,7 @@ class SAM(Optimizer):
         param_group["rho"] = _check_rho(param_group["rho"], "param_group['rho']")
         self.base_optimizer.add_param_group(param_group)
         self.param_groups = self.base_optimizer.param_groups
+        self._backup_lists.clear()
         if self._only is not None:
             params = param_group["params"]
             self._only.update([params] if isinstance(params, Tensor) else params)
@@ -250,6 +252,7 @@ class SAM(Optimizer):
             self._load_extra_state(sam)
         self._first_done = False
         self._perturbed = []
+        self._backup_lists.clear()
 
     def _extra_state(self) -> dict[str, Any]:
         """State of subclasses or schedules beyond per-parameter tensors (overridden by variants)."""
@@ -326,57 +329,76 @@ class SAM(Optimizer):
             return False
         self._on_ascent(groups)
 
-        # 1. T_w g for each tensor (T_w = I for SAM, |w| + eta for ASAM) and the joint norm ||T_w g||, Eq. (2)
-        #    of Foret et al. / Eq. (12) of Kwon et al.
-        scaled: list[Tensor] = []
+        # 1. ||T_w g|| jointly over all groups (T_w = I for SAM, |w| + eta for ASAM), Eq. (2) of Foret et al. and
+        #    Eq. (12) of Kwon et al.
+        group_norms = []
         for group, _, params, grads in groups:
             if group["adaptive"]:
-                dense_p, dense_g, sparse = split_sparse(params, grads)
-                if sparse:
+                if any(g.is_sparse for g in grads):
                     raise RuntimeError("adaptive=True (ASAM) does not support sparse gradients; use adaptive=False")
-                for ps, gs in bucket(dense_p, dense_g):
+                scaled: list[Tensor] = []
+                for ps, gs in bucket(params, grads):
                     t_w = torch._foreach_abs(ps)
                     torch._foreach_add_(t_w, group["eta"])
                     torch._foreach_mul_(t_w, gs)
                     scaled.extend(t_w)
+                group_norms.append(global_norm(scaled))
             else:
-                scaled.extend(grads)
-        grad_norm = global_norm(scaled)
+                group_norms.append(global_norm(grads))
+        device = group_norms[0].device
+        if len(group_norms) == 1:
+            grad_norm = group_norms[0]
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in group_norms]))
+        # NOTE: on the CPU the scale is read as a Python number (no device sync to pay), which lets one fused
+        # multiply-add apply the perturbation; elsewhere, and for 16-bit tensors (where a tiny alpha would be
+        # rounded to a 16-bit subnormal), it stays a tensor.
+        host_scalar = device.type == "cpu"
 
-        # 2. epsilon = rho * T_w^2 g / ||T_w g|| per group, Eq. (2) / Eq. (12)
-        perturbations: list[tuple[list[Tensor], list[Tensor]]] = []
+        # 2. save w, then w <- w + epsilon with epsilon = rho * T_w^2 g / ||T_w g||, Eq. (2) / Eq. (12); the
+        #    restore copies the saved values back, bit for bit
+        self._perturbed = []
         pert_sq = []
-        for group, rho, params, grads in groups:
+        for (group, rho, params, grads), g_norm in zip(groups, group_norms):
             scale = rho / (grad_norm + _EPS)
             dense_p, dense_g, sparse = split_sparse(params, grads)
             for ps, gs in bucket(dense_p, dense_g):
-                eps = torch._foreach_mul(gs, scale.to(gs[0].device))
-                if group["adaptive"]:
-                    t_w = torch._foreach_abs(ps)
-                    torch._foreach_add_(t_w, group["eta"])
-                    torch._foreach_mul_(eps, t_w)
-                    torch._foreach_mul_(eps, t_w)
-                    pert_sq.append(global_norm(eps, grad_norm.device) ** 2)
-                perturbations.append((ps, eps))
-            for i in sparse:
-                perturbations.append(([params[i]], [grads[i].coalesce() * scale.to(grads[i].device)]))
-            if not group["adaptive"]:
-                pert_sq.append((scale * global_norm(grads, grad_norm.device)) ** 2)
-
-        # 3. save w and move to w + epsilon; the restore copies the saved values back, bit for bit
-        self._perturbed = []
-        for ps, eps in perturbations:
-            backup = [self._backup_for(p) for p in ps]
-            if eps[0].is_sparse:
-                backup[0].copy_(ps[0])
-                ps[0].add_(eps[0])
-            else:
+                backup = self._backups_for(ps)
                 torch._foreach_copy_(backup, ps)
-                torch._foreach_add_(ps, eps)
-            self._perturbed.append((ps, backup))
+                if group["adaptive"]:
+                    eps = torch._foreach_abs(ps)
+                    torch._foreach_add_(eps, group["eta"])
+                    torch._foreach_mul_(eps, eps)
+                    torch._foreach_mul_(eps, gs)
+                    torch._foreach_mul_(eps, scale.to(gs[0].device))
+                    pert_sq.append(global_norm(eps, device) ** 2)
+                    torch._foreach_add_(ps, eps)
+                elif host_scalar and gs[0].dtype in (torch.float32, torch.float64):
+                    torch._foreach_add_(ps, gs, alpha=float(scale))
+                else:
+                    torch._foreach_add_(ps, torch._foreach_mul(gs, scale.to(gs[0].device)))
+                self._perturbed.append((ps, backup))
+            for i in sparse:
+                p = params[i]
+                backup = self._backup_for(p)
+                backup.copy_(p)
+                p.add_(grads[i].coalesce() * scale.to(p.device))
+                self._perturbed.append(([p], [backup]))
+            if not group["adaptive"]:
+                pert_sq.append((scale * g_norm.to(device)) ** 2)
         self.last_grad_norm = grad_norm
-        self.last_perturbation_norm = torch.stack(pert_sq).sum().sqrt() if len(pert_sq) > 1 else pert_sq[0].sqrt()
+        self.last_perturbation_norm = pert_sq[0].sqrt() if len(pert_sq) == 1 else torch.stack(pert_sq).sum().sqrt()
         return True
+    def _backups_for(self, params: list[Tensor]) -> list[Tensor]:
+        # NOTE: cached per list of tensors, so that a step does not walk the parameters in Python; the cache is
+        # rebuilt when the list changes (another set of gradients, add_param_group, load_state_dict).
+        key = tuple(map(id, params))
+        cached = self._backup_lists.get(key)
+        if cached is None:
+            if len(self._backup_lists) >= 8:
+                self._backup_lists.clear()
+            cached = self._backup_lists[key] = [self._backup_for(p) for p in params]
+        return cached
 
     def _backup_for(self, p: Tensor) -> Tensor:
         buf = self._backup.get(p)
