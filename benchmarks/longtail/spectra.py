@@ -9,6 +9,7 @@ the negative mass of the density, and the density itself. The loss is the method
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -50,12 +51,39 @@ def class_spectra(
         num_steps=sc["lanczos_steps"], density_probes=sc["density_probes"], trace_probes=sc.get("trace_probes", 20),
         batch_size=sc.get("batch_size", 256), seed=sc.get("seed", 0),
     )
-    density = []
+    density, raw = [], []
     for s in res.classes:
         grid, values = s.density.smooth(num_points=sc["bins"], width=sc["sigma"])
         density.append({"grid": grid.tolist(), "values": values.tolist()})
-    return {"classes": res.table(), "density": density, "matvecs": res.num_matvecs,
-            "cpu_s": round(time.process_time() - c0, 3)}
+        raw.append({
+            "top": s.top.tolist(), "bottom": s.bottom.tolist(), "top_residuals": s.top_residuals.tolist(),
+            "bottom_residuals": s.bottom_residuals.tolist(), "converged": s.converged, "trace": s.trace,
+            "trace_stderr": s.trace_stderr, "count": s.count, "nodes": s.density.nodes.tolist(),
+            "weights": s.density.weights.tolist(), "dim": s.density.dim,
+        })
+    return {"classes": res.table(), "density": density, "spectra": raw, "matvecs": res.num_matvecs,
+            "passes": res.num_passes, "cpu_s": round(time.process_time() - c0, 3)}
+
+
+def _tensor(row: dict[str, Any], key: str) -> torch.Tensor:
+    return torch.tensor(row[key], dtype=torch.float64)
+
+
+def rebuild(result: dict[str, Any]) -> Any:
+    """The :class:`smoothopt.hessian.PerClassSpectra` of a spectrum unit's JSON result (for the plots)."""
+    from smoothopt.hessian import PerClassSpectra, SpectralDensity, Spectrum
+
+    classes = []
+    for r in result["spectra"]:
+        t = functools.partial(_tensor, r)
+        density = SpectralDensity(nodes=t("nodes"), weights=t("weights"), dim=int(r["dim"]))
+        classes.append(Spectrum(top=t("top"), bottom=t("bottom"), top_residuals=t("top_residuals"),
+                                bottom_residuals=t("bottom_residuals"), converged=bool(r["converged"]),
+                                trace=float(r["trace"]), trace_stderr=float(r["trace_stderr"]), density=density,
+                                count=int(r["count"])))
+    counts = torch.tensor([float(r["count"]) for r in result["spectra"]], dtype=torch.float64)
+    return PerClassSpectra(classes=classes, counts=counts, num_passes=int(result.get("passes", 0)),
+                           num_matvecs=int(result["matvecs"]))
 
 
 # --------------------------------------------------------------------------- report
