@@ -17,6 +17,7 @@ Run ``python -m benchmarks s3vaada --preset {smoke,cpu,paper}``; the paper prese
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from benchmarks._harness import Experiment, RunContext
@@ -138,7 +139,10 @@ def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, An
     from benchmarks.s3vaada.train import run_active
 
     trainer, strategy, seed = key.split("__")
-    return run_active(config, trainer, strategy, int(seed.removeprefix("seed")), ctx)
+    cpu0 = time.process_time()
+    result = run_active(config, trainer, strategy, int(seed.removeprefix("seed")), ctx)
+    # CPU seconds of this (single-threaded) process: the cost on a shared machine, where wall time is not.
+    return {**result, "cpu_s": round(time.process_time() - cpu0, 2)}
 
 
 def _report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunContext) -> str:

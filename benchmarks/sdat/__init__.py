@@ -11,6 +11,7 @@ Run ``python -m benchmarks sdat --preset {smoke,cpu,paper}``; the paper preset n
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from benchmarks._harness import Experiment, RunContext
@@ -132,7 +133,10 @@ def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, An
     from benchmarks.sdat.train import train_method
 
     setting, method, seed = key.split("__")
-    return train_method(config, setting, method, int(seed.removeprefix("seed")), ctx)
+    cpu0 = time.process_time()
+    result = train_method(config, setting, method, int(seed.removeprefix("seed")), ctx)
+    # CPU seconds of this (single-threaded) process: the cost on a shared machine, where wall time is not.
+    return {**result, "cpu_s": round(time.process_time() - cpu0, 2)}
 
 
 def _report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunContext) -> str:
