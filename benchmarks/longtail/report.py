@@ -64,12 +64,18 @@ def report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunC
     groups = config["groups"]
     scores: dict[str, dict[int, dict[str, float]]] = {}
     train_s: dict[str, list[float]] = {}
+    cpu_s: dict[str, list[float]] = {}
+    acted: dict[str, list[float]] = {}
     spectra: dict[tuple[str, str], dict[str, Any]] = {}
     for key, r in results.items():
         kind, method, tag, seed = parse_key(key)
         if kind == "train":
             scores.setdefault(method, {})[seed] = group_scores(r, counts, groups)
             train_s.setdefault(method, []).append(float(r.get("wall_s", r.get("train_s", 0.0))))
+            cpu_s.setdefault(method, []).append(float(r.get("train_cpu_s", math.nan)))
+            for k in ("perturbations", "escapes"):
+                if r.get(k) is not None:
+                    acted.setdefault(method, []).append(float(r[k]))
         else:
             spectra[(method, tag or "final")] = r
 
@@ -85,8 +91,8 @@ def report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunC
         "",
         "## Accuracy per method",
         "",
-        "| method | seeds | overall | head | tail | many | medium | few | s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | overall | head | tail | many | medium | few | wall s / run | CPU s / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method in config["methods"]:
         if method not in scores:
@@ -95,8 +101,13 @@ def report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunC
         cells = [_fmt([s[k] for s in per_seed.values()]) for k in ("overall", "head", "tail", "many", "medium", "few")]
         lines.append(
             f"| {LABELS.get(method, method)} | {len(per_seed)} | " + " | ".join(cells)
-            + f" | {np.mean(train_s[method]):.1f} |"
+            + f" | {np.mean(train_s[method]):.1f} | {np.nanmean(cpu_s[method]):.1f} |"
         )
+    for method, counts_acted in acted.items():
+        lines.append(f"\n{LABELS.get(method, method)}: {np.mean(counts_acted):.1f} perturbations / escape steps per "
+                     f"run on average (over {len(counts_acted)} runs of {config['train']['epochs']} epochs).")
+    total_cpu = sum(np.nansum(v) for v in cpu_s.values())
+    lines.append(f"\nTraining CPU time summed over all runs: {total_cpu:.0f} s (one thread).")
     missing = [m for m in config["methods"] if m not in scores]
     if missing:
         lines += ["", f"Not run (their optimizer is not in this smoothopt): {', '.join(missing)}."]

@@ -93,30 +93,47 @@ def spectra_section(
     config: dict[str, Any], spectra: dict[tuple[str, str], dict[str, Any]], counts: list[int], ctx: RunContext
 ) -> list[str]:
     """Markdown tables and figures of the spectra units."""
-    lines = ["## Class-wise Hessian spectra (seed 0, training images, eval mode)", ""]
-    lines += [
-        "Per class: lambda_min / lambda_max (ratio; negative = saddle) and the negative mass of the density.",
-        "",
-    ]
+    seed = config["spectra"]["seeds"][0]
+    num_head = int(round(config["groups"]["head_fraction"] * len(counts)))
     keys = [(m, "final") for m in config["methods"] if (m, "final") in spectra]
     keys += [(m, "predrw") for m in config["methods"] if (m, "predrw") in spectra]
-    header = "| model | " + " | ".join(f"class {c} (n={n})" for c, n in enumerate(counts)) + " |"
-    lines += [header, "| --- |" + " --- |" * len(counts)]
+    lines = [
+        f"## Class-wise Hessian spectra (seed {seed}, training images, eval mode)",
+        "",
+        "Hessian of each class's mean training loss (the method's own loss, unweighted), Lanczos with "
+        f"{config['spectra']['lanczos_steps']} steps for the density. `final` is the last epoch's model, "
+        "`predrw` the model just before re-weighting switches on. Means over the head classes "
+        f"(0-{num_head - 1}) and the tail classes ({num_head}-{len(counts) - 1}):",
+        "",
+        "| model | head lambda_min | head ratio | tail lambda_min | tail ratio | tail lambda_max "
+        "| tail negative mass | all converged |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m, tag in keys:
         rows = spectra[(m, tag)]["classes"]
-        cells = [f"{r['lambda_min']:.3g} / {r['lambda_max']:.3g} ({r['ratio']:.2f}; {r['negative_mass']:.2f})"
-                 for r in rows]
+        head, tail = rows[:num_head], rows[num_head:]
+        mean = lambda rs, k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        lines.append(
+            f"| {m} ({tag}) | {mean(head, 'lambda_min'):.3g} | {mean(head, 'ratio'):.3f} | "
+            f"{mean(tail, 'lambda_min'):.3g} | {mean(tail, 'ratio'):.3f} | {mean(tail, 'lambda_max'):.3g} | "
+            f"{mean(tail, 'negative_mass'):.4f} | {all(r['converged'] for r in rows)} |"
+        )
+    lines += ["", "Per class: lambda_min / lambda_max (ratio).", ""]
+    lines += ["| model | " + " | ".join(f"class {c} (n={n})" for c, n in enumerate(counts)) + " |",
+              "| --- |" + " --- |" * len(counts)]
+    for m, tag in keys:
+        cells = [f"{r['lambda_min']:.3g} / {r['lambda_max']:.3g} ({r['ratio']:.3f})"
+                 for r in spectra[(m, tag)]["classes"]]
         lines.append(f"| {m} ({tag}) | " + " | ".join(cells) + " |")
     lines.append("")
-    figs = _figures(config, spectra, keys, counts, ctx)
-    for name, caption in figs:
+    for name, caption in _figures(config, spectra, keys, ctx):
         lines += [f"![{caption}](figures/{name})", "", f"*{caption}*", ""]
     return lines
 
 
 def _figures(
     config: dict[str, Any], spectra: dict[tuple[str, str], dict[str, Any]], keys: list[tuple[str, str]],
-    counts: list[int], ctx: RunContext,
+    ctx: RunContext,
 ) -> list[tuple[str, str]]:
     try:
         import matplotlib
@@ -125,50 +142,51 @@ def _figures(
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    out = []
-    pairs = [(a, b) for a, b in config["comparisons"] if (a, "final") in spectra and (b, "final") in spectra]
-    classes = list(range(len(counts)))
+    from smoothopt.hessian.plots import plot_class_densities
 
-    # 1. lambda_min and the ratio per class, with and without SAM
-    if pairs:
-        fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 6), squeeze=False)
-        for j, (a, b) in enumerate(pairs):
-            for method, style in ((b, "o-"), (a, "s-")):
-                rows = spectra[(method, "final")]["classes"]
-                axes[0, j].plot(classes, [r["lambda_min"] for r in rows], style, label=method)
-                axes[1, j].plot(classes, [r["ratio"] for r in rows], style, label=method)
-            axes[0, j].set_title(f"{b} vs {a}", fontsize=9)
-            axes[0, j].axhline(0, color="grey", lw=0.5)
-            axes[1, j].axhline(0, color="grey", lw=0.5)
-            axes[1, j].set_xlabel("class (training count falls left to right)")
+    out = []
+
+    def save(fig: Any, name: str, caption: str) -> None:
+        fig.savefig(ctx.path("figures", name), dpi=60)
+        plt.close(fig)
+        out.append((name, caption))
+
+    def overlay(panels: list[tuple[str, list[tuple[str, str]]]], name: str, caption: str) -> None:
+        fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 5.5), squeeze=False)
+        for j, (title, models) in enumerate(panels):
+            for (m, tag), style in zip(models, ("o-", "s-", "^-", "d-")):
+                rows = spectra[(m, tag)]["classes"]
+                classes = [r["class"] for r in rows]
+                axes[0, j].plot(classes, [r["lambda_min"] for r in rows], style, label=f"{m} ({tag})")
+                axes[1, j].plot(classes, [r["ratio"] for r in rows], style, label=f"{m} ({tag})")
+            axes[0, j].set_title(title, fontsize=9)
             axes[0, j].legend(fontsize=7)
+            for ax in axes[:, j]:
+                ax.axhline(0, color="grey", lw=0.5)
+            axes[1, j].set_xlabel("class (fewer training images to the right)")
         axes[0, 0].set_ylabel("lambda_min of H_c")
         axes[1, 0].set_ylabel("lambda_min / lambda_max")
         fig.tight_layout()
-        name = "longtail_lambda_min.png"
-        fig.savefig(ctx.path("figures", name), dpi=80)
-        plt.close(fig)
-        caption = "Per-class lambda_min and lambda_min / lambda_max of the final models, with and without SAM"
-        out.append((name, caption))
+        save(fig, name, caption)
 
-    # 2. densities of a head, a middle and the rarest class
-    show = sorted({0, len(counts) // 2, len(counts) - 1})
-    if keys:
-        fig, axes = plt.subplots(len(show), 1, figsize=(7, 2.4 * len(show)), squeeze=False)
-        for i, c in enumerate(show):
-            ax = axes[i, 0]
-            for m, tag in keys:
-                d = spectra[(m, tag)]["density"][c]
-                grid, vals = np.asarray(d["grid"]), np.asarray(d["values"])
-                ax.semilogy(grid, np.maximum(vals, 1e-8), lw=1, label=f"{m} ({tag})")
-            ax.axvline(0, color="grey", lw=0.5)
-            ax.set_ylim(1e-6, None)
-            ax.set_title(f"class {c} ({counts[c]} training images)", fontsize=9)
-        axes[-1, 0].set_xlabel("eigenvalue")
-        axes[0, 0].legend(fontsize=6, ncol=2)
+    # 1. with and without SAM, final models
+    pairs = [(a, b) for a, b in config["comparisons"] if (a, "final") in spectra and (b, "final") in spectra
+             and a.endswith("_sam") and a[: -len("_sam")] == b]
+    if pairs:
+        overlay([(f"{b} vs {a}", [(b, "final"), (a, "final")]) for a, b in pairs], "longtail_sam_lambda_min.png",
+                "Per-class lambda_min and lambda_min / lambda_max of the final models, without and with SAM")
+
+    # 2. across the switch to re-weighting
+    switch = [m for m in config["methods"] if (m, "predrw") in spectra and (m, "final") in spectra]
+    if switch:
+        overlay([(m, [(m, "predrw"), (m, "final")]) for m in switch], "longtail_drw_switch.png",
+                "The same across the switch to re-weighting: just before DRW starts and at the last epoch")
+
+    # 3. the densities, one small-multiples figure per model (smoothopt.hessian.plots)
+    for m, tag in keys:
+        fig = plot_class_densities(rebuild(spectra[(m, tag)]), width=config["spectra"]["sigma"])
+        fig.suptitle(f"{m} ({tag})", fontsize=9)
         fig.tight_layout()
-        name = "longtail_density.png"
-        fig.savefig(ctx.path("figures", name), dpi=80)
-        plt.close(fig)
-        out.append((name, "Spectral density (stochastic Lanczos quadrature, Gaussian smoothing) of H_c"))
+        save(fig, f"longtail_density_{m}_{tag}.png",
+             f"Spectral density of each class's Hessian, {m} ({tag}); stochastic Lanczos quadrature")
     return out
