@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from smoothopt.sam import SAM, freeze_norm_stats
+from smoothopt.sam import SAM, freeze_norm_stats, per_replica_first_pass
 
 
 def _net(seed=0):
@@ -31,7 +31,7 @@ def _sam_steps(model, sam, batches, no_sync_first=False):
     for x, y in batches:
         sam.zero_grad()
         if no_sync_first:
-            with model.no_sync():
+            with per_replica_first_pass(model, sam):
                 nn.functional.cross_entropy(model(x), y).backward()
         else:
             nn.functional.cross_entropy(model(x), y).backward()
@@ -63,6 +63,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ddp_two_processes_against_one(tmp_path):
     ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
     for _ in range(30):  # 5 minutes at most

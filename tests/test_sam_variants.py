@@ -5,13 +5,14 @@ Expected values are computed in each test from the papers' formulas, on float64 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from smoothopt.sam import GSAM, SAM, EveryKSteps, LookSAM, RandomSteps, freeze_norm_stats
+from smoothopt.sam import GSAM, SAM, EveryKSteps, LookSAM, RandomSteps, freeze_norm_stats, per_replica_first_pass
 
 
 def _quadratic(dtype=torch.float64):
@@ -304,3 +305,36 @@ def test_low_precision_grad_norm_does_not_overflow(dtype):
     torch.testing.assert_close(p.detach().float(), torch.full((1000, 1000), 0.05 / 1000), rtol=1e-2, atol=0)
     sam.step()
     assert torch.equal(p, torch.zeros_like(p))
+
+
+def test_per_replica_first_pass_syncs_whenever_the_pass_feeds_the_descent():
+    class FakeDDP(nn.Linear):
+        def __init__(self):
+            super().__init__(2, 1)
+            self.unsynced = 0
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.unsynced += 1
+            yield
+
+    model = FakeDDP()
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, schedule=EveryKSteps(2))
+    x = torch.randn(4, 2)
+    seen = []
+
+    def closure():
+        sam.zero_grad()
+        before = model.unsynced
+        with per_replica_first_pass(model, sam):
+            loss = model(x).pow(2).mean()
+            loss.backward()
+        seen.append(model.unsynced - before)
+        return loss
+
+    for _ in range(3):
+        sam.step(closure)
+    # step 0: clean pass unsynced, perturbed pass synced; step 1 (no perturbation): synced; step 2 as step 0
+    assert seen == [1, 0, 0, 1, 0]
+    with per_replica_first_pass(nn.Linear(2, 1), sam):  # a module without no_sync is left alone
+        pass

@@ -269,6 +269,12 @@ class SAM(Optimizer):
         r"""Whether the weights are currently at :math:`w + \epsilon` (between the ascent and the descent)."""
         return bool(self._perturbed)
 
+    def will_perturb(self) -> bool:
+        """Whether the coming :meth:`first_step` perturbs (per ``schedule``; a zero radius everywhere also skips)."""
+        if self.schedule is not None and not self.schedule(self.sam_steps):
+            return False
+        return any(self.current_rho(g) > 0 for g in self.param_groups)
+
     def current_rho(self, group: dict[str, Any]) -> float:
         """Radius used by ``group`` at the current step (a callable ``rho`` evaluated at :attr:`sam_steps`).
 
