@@ -261,15 +261,16 @@ class S3Objective:
         self.num_classes = p.shape[1]
 
         # Representativeness: Bhattacharyya coefficients s_ij = <sqrt p_i, sqrt p_j>.
+        # NOTE: the representatives are stored transposed and contiguous, (C, M), for fast row blocks.
         self.sqrt_p = p.sqrt()
         if representatives is None:
-            self.sqrt_rep = self.sqrt_p
+            self.sqrt_rep_t = self.sqrt_p.T.contiguous()
         else:
             if representatives.ndim != 1 or representatives.numel() == 0:
                 raise ValueError("representatives must be a non-empty 1-D index tensor")
-            self.sqrt_rep = self.sqrt_p[representatives.to(p.device)]
+            self.sqrt_rep_t = self.sqrt_p[representatives.to(p.device)].T.contiguous()
         # Singleton values R({i}) = sum_j s_ij = <sqrt p_i, sum_j sqrt p_j> (exact, O(N C)).
-        self._rep_sum = self.sqrt_rep.sum(dim=0)
+        self._rep_sum = self.sqrt_rep_t.sum(dim=1)
         singleton = self.sqrt_p @ self._rep_sum
         self.r_scale = float(singleton.max()) if float(singleton.max()) > 0 else 1.0
 
@@ -277,12 +278,12 @@ class S3Objective:
         """The state of the empty set."""
         dev = self.sqrt_p.device
         return GreedyState(
-            torch.zeros(self.sqrt_rep.shape[0], dtype=torch.float64, device=dev),
+            torch.zeros(self.sqrt_rep_t.shape[1], dtype=torch.float64, device=dev),
             torch.zeros(self.num_classes, dtype=torch.float64, device=dev),
         )
 
     def _similarity(self, items: Tensor) -> Tensor:
-        return self.sqrt_p[items] @ self.sqrt_rep.T
+        return self.sqrt_p[items] @ self.sqrt_rep_t
 
     def gains(self, state: GreedyState, items: Tensor) -> Tensor:
         """Marginal gains ``F(S + i) - F(S)`` of ``items`` given the selected set of ``state``.
@@ -303,7 +304,7 @@ class S3Objective:
             rep = self.sqrt_p[items] @ self._rep_sum
         else:
             rep = torch.cat([
-                (self._similarity(block) - state.coverage).clamp_min_(0).sum(dim=1)
+                self._similarity(block).sub_(state.coverage).clamp_min_(0).sum(dim=1)
                 for block in items.split(self.block_size)
             ])
         return gain + (w_r / self.r_scale) * rep
