@@ -106,7 +106,7 @@ class BottleneckClassifier(nn.Module):
             ImportError: If timm is not installed.
             ValueError: If both ``pretrained`` and ``checkpoint_path`` are given.
         """
-        timm = optional_import("timm", "adapt")
+        timm = optional_import("timm", "timm")
         if pretrained and checkpoint_path is not None:
             raise ValueError("give either pretrained=True or checkpoint_path, not both")
         backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)
