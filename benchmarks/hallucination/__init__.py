@@ -46,7 +46,9 @@ _PAPER: dict[str, Any] = {
 }
 
 _CPU: dict[str, Any] = copy.deepcopy(_PAPER)
-_CPU["oned"].update(sizes=[2_000, 20_000], steps=3_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
+_CPU["schedule"] = {**_SCHEDULE, "train_t_max": 300}
+_CPU["oned"].update(sizes=[1_000, 20_000], steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3,
+                    samples=20_000)
 _CPU["grid"].update(steps=6_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
 _CPU["shapes"].update(n=2_000, size=32, channels=[16, 32, 32], steps=300, batch_size=32, lr=2e-3, lr_final=1e-4,
                       samples=256, sample_steps=50, sample_batch=256, write_png=64)
@@ -58,7 +60,7 @@ _CPU["recursive_digits"].update(source="digits", classifier_steps=400, width=256
 _SMOKE: dict[str, Any] = copy.deepcopy(_CPU)
 _SMOKE["windows"] = ["K2", "K3"]
 _SMOKE["primary_window"] = {"oned": "K3", "grid": "K3", "shapes": "t10"}
-_SMOKE["schedule"] = {**_SCHEDULE, "start": 30}
+_SMOKE["schedule"] = {**_SCHEDULE, "start": 30, "train_t_max": 30}
 _SMOKE["oned"].update(sizes=[100, 400], width=16, steps=20, batch_size=64, samples=200)
 _SMOKE["grid"].update(n=400, width=16, steps=20, batch_size=64, samples=200)
 _SMOKE["shapes"].update(n=16, size=16, channels=[8, 8, 8], steps=2, batch_size=8, samples=8, sample_steps=5,

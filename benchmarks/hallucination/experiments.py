@@ -13,6 +13,8 @@ Every unit returns a JSON-serialisable dict; the samples and scores behind the f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -36,19 +38,21 @@ def _means_tag(means: list[float]) -> str:
 
 
 def unit_keys(config: dict[str, Any], seeds: list[int]) -> list[str]:
-    """All unit keys of a configuration, cheapest first."""
+    """All unit keys of a configuration, in the order of the issue's "must show" list."""
     keys: list[str] = []
     for s in seeds:
         od = config["oned"]
         for means in od["means"]:
             sizes = od["sizes"] if means == od["means"][0] else od["sizes"][-1:]
             keys += [f"oned_m{_means_tag(means)}_n{n}_s{s}" for n in sizes]
-        keys += [f"grid_s{s}", f"grid_rotated_s{s}"]
+        keys.append(f"grid_s{s}")
+        if config["recursive_grid"]["enabled"]:
+            keys += [f"recursive_grid_{arm}_s{s}" for arm in ("variance", "random")]
         if config["shapes"]["enabled"]:
             keys.append(f"shapes_s{s}")
-        for which in ("grid", "digits"):
-            if config[f"recursive_{which}"]["enabled"]:
-                keys += [f"recursive_{which}_{arm}_s{s}" for arm in ("variance", "random")]
+        keys.append(f"grid_rotated_s{s}")
+        if config["recursive_digits"]["enabled"]:
+            keys += [f"recursive_digits_{arm}_s{s}" for arm in ("variance", "random")]
     return keys
 
 
@@ -119,16 +123,28 @@ def detection_metrics(scores: dict[str, torch.Tensor], hallucinated: torch.Tenso
     return out
 
 
+# Section keys that do not change what a unit's model learns (the unit's key names its data).
+_NOT_TRAINING = frozenset({"sizes", "means", "samples", "sample_steps", "sample_batch", "write_png", "windows",
+                           "enabled", "generations"})
+
+
 def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any], section: dict[str, Any],
                    key: str, seed: int, ctx: RunContext) -> dict[str, Any]:
-    """Train ``model`` unless ``checkpoints/KEY.pt`` holds its weights (a resumed run)."""
-    path = ctx.path("checkpoints", f"{key}.pt")
+    """Train ``model`` unless a checkpoint of the same unit and settings holds its weights.
+
+    The checkpoint's name carries a hash of the schedule and of the section's settings, so a
+    rerun with changed settings trains afresh, and one with the same settings (an interrupted
+    run, or ``--restart`` after changing another section) reuses the weights.
+    """
+    settings = {k: v for k, v in section.items() if k not in _NOT_TRAINING}
+    digest = hashlib.sha256(json.dumps([config["schedule"], settings], sort_keys=True).encode()).hexdigest()[:10]
+    path = ctx.path("checkpoints", f"{key}-{digest}.pt")
     exists = gather_objects(path.exists())[0]
     if exists:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         model.to(ctx.device).eval()
-        return {"final_loss": state["final_loss"], "resumed": True}
+        return {"final_loss": state["final_loss"], "resumed": True, "digest": digest}
     info = train_denoiser(
         model, data, _schedule(config), steps=section["steps"], batch_size=section["batch_size"],
         lr=section["lr"], lr_final=section["lr_final"], seed=seed, device=ctx.device,
@@ -137,7 +153,22 @@ def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any],
     )
     if ctx.is_main:
         save_torch(path, {"model": model.state_dict(), "final_loss": info["final_loss"]})
-    return {**info, "resumed": False}
+    return {**info, "resumed": False, "digest": digest}
+
+
+def _cached_sample(key: str, train_info: dict[str, Any], ctx: RunContext, **kwargs: Any):
+    """:func:`_sample`, reusing the samples and scores of an earlier run with the same model and settings."""
+    spec = {k: v for k, v in kwargs.items() if k not in ("model", "config", "ctx")}
+    spec.update(schedule=kwargs["config"]["schedule"], world_size=ctx.world_size)
+    digest = hashlib.sha256(json.dumps([train_info["digest"], spec], sort_keys=True, default=str).encode())
+    path = ctx.path("cache", f"{key}-{digest.hexdigest()[:10]}.pt")
+    if gather_objects(path.exists())[0]:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        return cached["x"], cached["scores"]
+    x, scores = _sample(ctx=ctx, **kwargs)
+    if ctx.is_main:
+        save_torch(path, {"x": x, "scores": scores})
+    return x, scores
 
 
 def _sample(model: nn.Module, config: dict[str, Any], n: int, shape: tuple[int, ...], seed: int, ctx: RunContext,
@@ -170,7 +201,8 @@ def _mixture_unit(config: dict[str, Any], key: str, mix: D.Mixture, section: dic
     dim = mix.x.shape[1]
     model = _toy_model(dim, section, seed)
     train_info = _train_or_load(model, mix.x, config, section, key, seed, ctx)
-    x, scores = _sample(model, config, section["samples"], (dim,), seed, ctx)
+    x, scores = _cached_sample(key, train_info, ctx, model=model, config=config, n=section["samples"], shape=(dim,),
+                               seed=seed, windows=config["windows"])
     dist = L.mode_distance(x, mix.modes, mix.std)
     finite = torch.isfinite(x).all(1)
     result: dict[str, Any] = {
@@ -228,8 +260,9 @@ def _run_shapes(config: dict[str, Any], key: str, info: dict[str, Any], ctx: Run
     torch.manual_seed(seed)
     model = ShapesUNet(sh["size"], tuple(sh["channels"]))
     train_info = _train_or_load(model, images * 2.0 - 1.0, config, sh, key, seed, ctx)
-    x, scores = _sample(model, config, sh["samples"], (1, sh["size"], sh["size"]), seed, ctx,
-                        num_steps=sh["sample_steps"], batch_size=sh["sample_batch"], windows=sh["windows"])
+    x, scores = _cached_sample(key, train_info, ctx, model=model, config=config, n=sh["samples"],
+                               shape=(1, sh["size"], sh["size"]), seed=seed, num_steps=sh["sample_steps"],
+                               batch_size=sh["sample_batch"], windows=sh["windows"])
     imgs = ((x + 1.0) / 2.0).clamp(0, 1)
     counted = L.count_shapes(imgs)
     hallucinated = (counted["counts"] >= 2).any(1)
