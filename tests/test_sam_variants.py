@@ -234,7 +234,7 @@ def _scaled_setup(rho=0.1, dtype=torch.float32):
     return model, sam, x, y
 
 
-def _gradscaler_step(model, sam, scaler, x, y, inject_inf=False):
+def _gradscaler_step(model, sam, scaler, x, y, inject_inf=False, unscale_before_step=False):
     sam.zero_grad()
     loss = nn.functional.mse_loss(model(x), y)
     scaler.scale(loss).backward()
@@ -242,16 +242,19 @@ def _gradscaler_step(model, sam, scaler, x, y, inject_inf=False):
     scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
     if inject_inf:
         model[0].weight.grad[0, 0] = float("inf")
+    if unscale_before_step:  # e.g. to clip the descent gradient
+        scaler.unscale_(sam)
     scaler.step(sam)
     scaler.update()
 
 
-def test_gradscaler_step_matches_unscaled_sam():
+@pytest.mark.parametrize("unscale_before_step", [False, True])
+def test_gradscaler_step_matches_unscaled_sam(unscale_before_step):
     model, sam, x, y = _scaled_setup(dtype=torch.float64)
     ref_model, ref_sam, _, _ = _scaled_setup(dtype=torch.float64)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     for _ in range(3):
-        _gradscaler_step(model, sam, scaler, x, y)
+        _gradscaler_step(model, sam, scaler, x, y, unscale_before_step=unscale_before_step)
 
         def closure():
             ref_sam.zero_grad()
