@@ -123,7 +123,8 @@ def _units(config: dict[str, Any], seeds: list[int]) -> list[str]:
             raise ValueError(f"grid names unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     # Order of work: the headline strategies under the first trainer for every seed, then its other
     # strategies, then the other trainers; an interrupted run has the most important cells complete.
-    first = next(iter(config["grid"]))
+    grid = config["grid"]
+    first = max(grid, key=lambda k: (len(grid[k]), -list(grid).index(k)))  # the trainer with most strategies
     units = []
     for tier in range(3):
         for s in seeds:

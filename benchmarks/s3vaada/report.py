@@ -105,12 +105,12 @@ def write_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
             budgets = next(iter(runs.values()))["budgets"]
             sd = acc.std(axis=0, ddof=1) if acc.shape[0] > 1 else np.zeros(acc.shape[1])
             cells_txt = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(acc.mean(axis=0), sd))
-            wall = np.mean([r.get("wall_s", 0.0) for r in runs.values()])
+            wall = np.mean([r.get("cpu_s", r.get("wall_s", 0.0)) for r in runs.values()])
             rows.append(f"| {LABELS[strategy]} | {cells_txt} | {acc.shape[0]} | {wall:.0f} |")
         if budgets is None:
             continue
         lines += [f"## Trainer {LABELS[trainer]}", ""]
-        lines += ["| strategy | " + " | ".join(f"{b} labels" for b in budgets) + " | seeds | s / run |",
+        lines += ["| strategy | " + " | ".join(f"{b} labels" for b in budgets) + " | seeds | CPU s / run |",
                   "| --- |" + " --- |" * (len(budgets) + 2)]
         lines += rows + [""]
 
