@@ -98,11 +98,11 @@ def _callback_class() -> type:
                     self.recorder.detach()
                 self.recorder = attach(pipeline.scheduler, self._last_k, timestep_below=self._timestep_below,
                                        sigma_below=self._sigma_below)
-                last_k = self.recorder.tracker.window.last_k
-                if last_k is not None and last_k >= self.recorder.num_steps:
+                if self.recorder.in_window(timestep):
                     self.recorder.detach()
-                    raise ValueError(f"last_k={last_k} covers the first step, which a step-end callback cannot "
-                                     "see; use a shorter window or hallucfilter.attach()")
+                    raise ValueError(f"the window ({self.recorder.tracker.window}) covers the run's first step "
+                                     f"(timestep {float(timestep)}), which a step-end callback cannot see; use a "
+                                     "shorter window or call hallucfilter.attach() before the pipeline")
             elif self.recorder is None:
                 raise RuntimeError("TrajectoryVarianceCallback joined a run after its first step")
             num_timesteps = getattr(pipeline, "num_timesteps", None)

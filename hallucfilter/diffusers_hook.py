@@ -187,6 +187,20 @@ class TrajectoryRecorder:
         self._next_index += 1
         return index
 
+    def in_window(self, timestep: Any) -> bool:
+        """Whether the step at ``timestep`` (its first occurrence in ``scheduler.timesteps``) is in the window.
+
+        Raises:
+            ValueError: If ``timestep`` is not in the current schedule.
+        """
+        t = float(timestep)
+        if t not in self._timesteps:
+            raise ValueError(f"timestep {t} is not in scheduler.timesteps {self._timesteps}")
+        index = self._timesteps.index(t)
+        position = (index + 1) // 2 if self._second_order else index
+        sigma = self._sigmas[index] if self._sigmas is not None else None
+        return self.tracker.in_window(step=position, num_steps=self._num_steps, timestep=t, sigma=sigma)
+
     # --- x0_hat ------------------------------------------------------------------------------------------
 
     def _x0_hat(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, output: Any,

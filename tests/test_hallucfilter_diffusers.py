@@ -275,7 +275,7 @@ def test_pipeline_callback_composes_with_multi_callbacks(unet):
     sample_loop(unet, ref_sched, seed=5)
     assert torch.equal(cb.scores(), rec.scores())
 
-    with pytest.raises(ValueError, match="covers the first step"):
+    with pytest.raises(ValueError, match="covers the run.s first step"):
         sample_loop(unet, diffusers.DDIMScheduler(), callback=hallucfilter.trajectory_variance_callback(last_k=10))
 
 
@@ -402,3 +402,66 @@ def test_unclipped_x0_is_recomputed(hooked, reference, channels):
     expected = np.var(torch.stack(trajectory).double().numpy(), axis=0).reshape(BATCH, -1).mean(axis=1)
     np.testing.assert_allclose(rec.scores().double().numpy(), expected, rtol=1e-4)
     assert not torch.allclose(torch.stack(own), torch.stack(trajectory))  # the scheduler's own value differs
+
+
+# --- a real img2img pipeline with guidance and callback_on_step_end ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kandinsky_img2img():
+    # Kandinsky 2.2 img2img itself needs only torch; diffusers gates its package on transformers, so it is
+    # imported from its module. Tiny components from configs, random weights.
+    from diffusers.pipelines.kandinsky2_2.pipeline_kandinsky2_2_img2img import KandinskyV22Img2ImgPipeline
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=32, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None,
+    ).eval()
+    movq = diffusers.VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+        in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+        num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+        vq_embed_dim=4,
+    ).eval()
+    pipe = KandinskyV22Img2ImgPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(), movq=movq)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++"])
+def test_real_img2img_pipeline_with_guidance_and_callbacks(kandinsky_img2img, scheduler):
+    from diffusers.callbacks import MultiPipelineCallbacks
+    from PIL import Image
+
+    pipe = kandinsky_img2img
+    pipe.scheduler = SCHEDULERS[scheduler][0]()
+    image = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8"))
+    g = torch.Generator().manual_seed(1)
+    embeds, negative = torch.randn(2, 32, generator=g), torch.randn(2, 32, generator=g)
+
+    def run(**kwargs):  # strength 0.6: only the last 6 of the 10 steps run; guidance doubles the UNet batch
+        return pipe(image=image, image_embeds=embeds, negative_image_embeds=negative, height=32, width=32,
+                    num_inference_steps=NUM_STEPS, strength=0.6, guidance_scale=4.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **kwargs).images
+
+    plain = run()
+    with hallucfilter.attach(pipe.scheduler, last_k=3) as rec:
+        hooked = run()
+    assert np.array_equal(plain, hooked) and rec.tracker.count == 3 and rec.scores().shape == (2,)
+    with hallucfilter.attach(pipe.scheduler, last_k=8) as rec_long:
+        run()
+    assert rec_long.tracker.count == 6  # the window reaches before strength's start: the 6 steps that ran
+
+    cb = hallucfilter.trajectory_variance_callback(last_k=3)
+    with_callback = run(callback_on_step_end=MultiPipelineCallbacks([cb]))
+    assert np.array_equal(plain, with_callback) and "step" not in vars(pipe.scheduler)
+    assert torch.equal(cb.scores(), rec.scores())
+    with pytest.raises(ValueError, match="covers the run's first step"):  # the run starts at position 4 of 10
+        run(callback_on_step_end=hallucfilter.trajectory_variance_callback(last_k=6))
+    assert "step" not in vars(pipe.scheduler)
+    run(callback_on_step_end=hallucfilter.trajectory_variance_callback(last_k=5))  # positions 5..9: fine
