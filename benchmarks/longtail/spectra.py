@@ -102,8 +102,9 @@ def spectra_section(
         "",
         "Hessian of each class's mean training loss (the method's own loss, unweighted), Lanczos with "
         f"{config['spectra']['lanczos_steps']} steps for the density. `final` is the last epoch's model, "
-        "`predrw` the model just before re-weighting switches on. Means over the head classes "
-        f"(0-{num_head - 1}) and the tail classes ({num_head}-{len(counts) - 1}):",
+        "`predrw` the model just before re-weighting switches on. Over the head classes "
+        f"(0-{num_head - 1}) and the tail classes ({num_head}-{len(counts) - 1}): mean lambda_min, lambda_max "
+        "and negative mass, median ratio lambda_min / lambda_max:",
         "",
         "| model | head lambda_min | head ratio | tail lambda_min | tail ratio | tail lambda_max "
         "| tail negative mass | all converged |",
@@ -113,9 +114,10 @@ def spectra_section(
         rows = spectra[(m, tag)]["classes"]
         head, tail = rows[:num_head], rows[num_head:]
         mean = lambda rs, k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        median = lambda rs, k: float(np.median([r[k] for r in rs]))  # noqa: E731
         lines.append(
-            f"| {m} ({tag}) | {mean(head, 'lambda_min'):.3g} | {mean(head, 'ratio'):.3f} | "
-            f"{mean(tail, 'lambda_min'):.3g} | {mean(tail, 'ratio'):.3f} | {mean(tail, 'lambda_max'):.3g} | "
+            f"| {m} ({tag}) | {mean(head, 'lambda_min'):.3g} | {median(head, 'ratio'):.3f} | "
+            f"{mean(tail, 'lambda_min'):.3g} | {median(tail, 'ratio'):.3f} | {mean(tail, 'lambda_max'):.3g} | "
             f"{mean(tail, 'negative_mass'):.4f} | {all(r['converged'] for r in rows)} |"
         )
     lines += ["", "Per class: lambda_min / lambda_max (ratio).", ""]
@@ -164,8 +166,10 @@ def _figures(
             for ax in axes[:, j]:
                 ax.axhline(0, color="grey", lw=0.5)
             axes[1, j].set_xlabel("class (fewer training images to the right)")
+        for ax in axes[1]:
+            ax.set_yscale("symlog", linthresh=1.0)  # one near-empty class can dwarf the others
         axes[0, 0].set_ylabel("lambda_min of H_c")
-        axes[1, 0].set_ylabel("lambda_min / lambda_max")
+        axes[1, 0].set_ylabel("lambda_min / lambda_max (symlog)")
         fig.tight_layout()
         save(fig, name, caption)
 
