@@ -94,6 +94,16 @@ def test_grl_driven_by_optimizer_step_and_state_dict():
     assert other.coeff == grl.coeff
 
 
+def test_grl_step_restored_through_a_parent_state_dict():
+    a = DANNLoss(DomainDiscriminator(3, hidden=(4,)), GradientReversal("dann", max_steps=10))
+    a.grl.step(4)
+    b = DANNLoss(DomainDiscriminator(3, hidden=(4,)), GradientReversal("dann", max_steps=10))
+    b.load_state_dict(a.state_dict())
+    assert b.grl.coeff == a.grl.coeff == dann_coefficient(0.4)
+    b.grl.set_step(1)
+    assert b.grl.coeff == dann_coefficient(0.1) and int(b.grl.num_steps) == 1
+
+
 def test_grl_bad_arguments():
     with pytest.raises(ValueError, match="schedule"):
         GradientReversal("tanh")  # type: ignore[arg-type]

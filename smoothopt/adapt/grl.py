@@ -156,11 +156,18 @@ class GradientReversal(nn.Module):
         self.gamma = check_real("gamma", gamma, 0.0, low_open=True)
         self.alpha = check_real("alpha", alpha, 0.0, low_open=True)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+        # NOTE: a host-side copy of the step, so that a forward pass never reads the (maybe CUDA)
+        # buffer and synchronises; it is refreshed whenever the buffer is loaded.
+        self._step = 0
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_step())
+
+    def _sync_step(self) -> None:
+        self._step = int(self.num_steps)
 
     @property
     def coeff(self) -> float:
         """The reversal coefficient at the current step."""
-        i = int(self.num_steps)
+        i = self._step
         if self.schedule == "constant":
             return self.high
         if self.schedule == "dann":
@@ -171,10 +178,12 @@ class GradientReversal(nn.Module):
         """Advance the schedule by ``num`` optimisation steps."""
         num = check_int("num", num, 0)
         self.num_steps += num
+        self._step += num
 
     def set_step(self, step: int) -> None:
         """Set the schedule to optimisation step ``step`` (e.g. when resuming without a state dict)."""
         self.num_steps.fill_(check_int("step", step, 0))
+        self._step = int(step)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Advance the schedule once after every ``optimizer.step()``.
