@@ -189,8 +189,8 @@ class SAM(Optimizer):
                 f"got {type(base_optimizer).__name__}"
             )
         self.param_groups = self.base_optimizer.param_groups
-        for g in self.param_groups:
-            g["rho"] = _check_rho(g["rho"], "param_groups[...]['rho']")
+        for i, g in enumerate(self.param_groups):
+            g["rho"] = _check_rho(g["rho"], f"param_groups[{i}]['rho']")
 
     # ------------------------------------------------------------------ bookkeeping
 
