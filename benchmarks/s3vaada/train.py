@@ -138,10 +138,6 @@ def train_phase(
     return last
 
 
-def _pool_inputs(data: AdaptationData) -> torch.Tensor:
-    return torch.cat([x for x, _ in in_order(data.target_eval, 256)])
-
-
 def choose(
     strategy: str,
     model: nn.Module,
@@ -162,10 +158,13 @@ def choose(
     if strategy == "s3":
         was_training = model.training
         model.eval()
-        x = _pool_inputs(data)[unlabelled].to(device)
-        u = vat_sensitivity(lambda inp: model(inp).logits, x, xi=config["vat"]["xi"], eps=config["vat"]["eps"],
-                            restarts=s3["restarts"], power_iterations=config["vat"]["power_iterations"],
-                            generator=generator)
+        # Streamed in batches of 256 so that a large image pool never sits in memory at once.
+        u = torch.cat([
+            vat_sensitivity(lambda inp: model(inp).logits, x.to(device), xi=config["vat"]["xi"],
+                            eps=config["vat"]["eps"], restarts=s3["restarts"],
+                            power_iterations=config["vat"]["power_iterations"], batch_size=256, generator=generator)
+            for x, _ in in_order(Subset(data.target_eval, unlabelled.tolist()), 256)
+        ])
         model.train(was_training)
         sel = select("s3", probs, budget, uncertainty=u.cpu(), weights=weights)
     elif strategy == "s3_margin":
