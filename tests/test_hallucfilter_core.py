@@ -273,3 +273,13 @@ def test_filtering_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hallucfilter.auroc([0.0], [float("inf")])
+
+
+def test_core_imports_neither_diffusers_nor_smoothopt():
+    import subprocess
+    import sys
+
+    code = ("import sys, hallucfilter; bad = [m for m in ('diffusers', 'smoothopt', 'benchmarks', 'scipy', 'sklearn') "
+            "if m in sys.modules]; sys.exit(', '.join(bad) or None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
