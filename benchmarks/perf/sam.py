@@ -149,9 +149,17 @@ def make_step(method: str, model_name: str, rho: float, foreach: bool | None) ->
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
+CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
+
+
 def measure(model_name: str, methods: list[str], rounds: int, warmup: int, rho: float,
-            foreach: bool | None, seed: int) -> dict[str, list[float]]:
-    """Interleaved step times in seconds, ``rounds`` per method, after ``warmup`` untimed rounds."""
+            foreach: bool | None, seed: int, clock: str = "thread") -> dict[str, list[float]]:
+    """Interleaved step times in seconds, ``rounds`` per method, after ``warmup`` untimed rounds.
+
+    ``clock="thread"`` counts the CPU time of the calling thread (with one torch thread, all of the step's
+    work), which leaves out the time the process waits for a core on a shared machine; ``"wall"`` is wall time.
+    """
+    timer = CLOCKS[clock]
     steps = {m: make_step(m, model_name, rho, foreach) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     order = list(methods)
@@ -159,9 +167,9 @@ def measure(model_name: str, methods: list[str], rounds: int, warmup: int, rho: 
     for r in range(warmup + rounds):
         rng.shuffle(order)
         for m in order:
-            t0 = time.perf_counter()
+            t0 = timer()
             steps[m]()
-            elapsed = time.perf_counter() - t0
+            elapsed = timer() - t0
             if r >= warmup:
                 times[m].append(elapsed)
     return times
@@ -191,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-foreach", choices=["default", "on", "off"], default="default",
                    help="foreach setting of the base SGD for every method (default: torch's default)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="thread",
+                   help="thread: CPU time of the timing thread, robust to other processes (needs --threads 1); "
+                        "wall: wall-clock time (default: thread)")
     p.add_argument("--seed", type=int, default=0, help="seed of the round order")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
     return p
@@ -200,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rounds < 4:
         raise SystemExit(f"--rounds must be at least 4, got {args.rounds}")
+    if args.clock == "thread" and args.threads != 1:
+        raise SystemExit("--clock thread measures one thread only; use --threads 1 or --clock wall")
     torch.set_num_threads(args.threads)
     methods = ["base"] + [m for m in args.methods if m != "base"]
     foreach = {"default": None, "on": True, "off": False}[args.base_foreach]
@@ -207,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in args.models:
         model, _, _ = build_model(model_name)
         n_tensors = len(list(model.parameters()))
-        times = measure(model_name, methods, args.rounds, args.warmup, args.rho, foreach, args.seed)
+        times = measure(model_name, methods, args.rounds, args.warmup, args.rho, foreach, args.seed, args.clock)
         results[model_name] = {"tensors": n_tensors, "methods": summarise(times)}
 
     header = (f"{'model':<6} {'tensors':>7} {'method':<26} {'median ms':>10} {'IQR ms':>15} {'t/(2 t_base)':>13} "

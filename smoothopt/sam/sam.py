@@ -159,14 +159,14 @@ class SAM(Optimizer):
                     f"base_kwargs {sorted(base_kwargs)} cannot be applied to an optimizer instance; pass the class "
                     "instead, or configure the instance before wrapping it"
                 )
-            params = list(params)
-            for i, g in enumerate(params):
+            user_params: list[Any] = list(params)
+            for i, g in enumerate(user_params):
                 if isinstance(g, dict) and any(k in g for k in _SAM_OPTIONS):
                     raise ValueError(
                         f"params[{i}] sets {sorted(k for k in _SAM_OPTIONS if k in g)}, which cannot be mapped onto "
                         "the groups of an optimizer instance; set them on sam.param_groups after construction"
                     )
-            super().__init__(params, defaults)
+            super().__init__(user_params, defaults)
             held = {p for g in base_optimizer.param_groups for p in g["params"]}
             mine = [p for g in self.param_groups for p in g["params"]]
             for i, p in enumerate(mine):
@@ -386,10 +386,10 @@ class SAM(Optimizer):
                 self._perturbed.append((ps, backup))
             for i in sparse:
                 p = params[i]
-                backup = self._backup_for(p)
-                backup.copy_(p)
+                saved = self._backup_for(p)
+                saved.copy_(p)
                 p.add_(grads[i].coalesce() * scale.to(p.device))
-                self._perturbed.append(([p], [backup]))
+                self._perturbed.append(([p], [saved]))
             if not group["adaptive"]:
                 pert_sq.append((scale * g_norm.to(device)) ** 2)
         self.last_grad_norm = grad_norm
