@@ -88,8 +88,8 @@ class LoopSAM:
         self.base.step()
 
 
-def make_step(method: str, model_name: str, rho: float, foreach: bool | None) -> Callable[[], None]:
-    """A function that runs one training step of ``method`` on a fresh copy of the model."""
+def make_step(method: str, model_name: str, rho: float, foreach: bool | None) -> tuple[Callable[[], None], nn.Module]:
+    """A function that runs one training step of ``method`` on a fresh copy of the model, and that model."""
     model, x, y = build_model(model_name)
     base_kwargs: dict[str, Any] = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "foreach": foreach}
     loss_fn = nn.functional.cross_entropy
@@ -104,7 +104,7 @@ def make_step(method: str, model_name: str, rho: float, foreach: bool | None) ->
             opt.zero_grad()
             backward()
             opt.step()
-        return step
+        return step, model
 
     if method == "smoothopt":
         sam = SAM(model.parameters(), torch.optim.SGD, rho=rho, **base_kwargs)
@@ -115,7 +115,7 @@ def make_step(method: str, model_name: str, rho: float, foreach: bool | None) ->
             sam.first_step(zero_grad=True)
             backward()
             sam.step()
-        return step
+        return step, model
 
     if method.startswith("pytorch_optimizer"):
         from smoothopt._validation import optional_import
@@ -132,7 +132,7 @@ def make_step(method: str, model_name: str, rho: float, foreach: bool | None) ->
             peer.first_step(zero_grad=True)
             backward()
             peer.second_step()
-        return step
+        return step, model
 
     if method == "loop":
         params = list(model.parameters())
@@ -144,7 +144,7 @@ def make_step(method: str, model_name: str, rho: float, foreach: bool | None) ->
             loop.first_step()
             backward()
             loop.second_step()
-        return step
+        return step, model
 
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
@@ -160,7 +160,7 @@ def measure(model_name: str, methods: list[str], rounds: int, warmup: int, rho: 
     work), which leaves out the time the process waits for a core on a shared machine; ``"wall"`` is wall time.
     """
     timer = CLOCKS[clock]
-    steps = {m: make_step(m, model_name, rho, foreach) for m in methods}
+    steps = {m: make_step(m, model_name, rho, foreach)[0] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     order = list(methods)
     rng = random.Random(seed)
