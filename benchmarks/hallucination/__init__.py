@@ -37,10 +37,10 @@ _PAPER: dict[str, Any] = {
                "sample_batch": 500, "write_png": 5_000, "windows": ["K3", "K5", "K10", "t10", "t20", "t40"]},
     "recursive_grid": {"enabled": True, "n": 100_000, "std": 0.05, "width": 128, "num_blocks": 3, "tied": False,
                        "steps": 50_000, "batch_size": 10_000, "lr": 1e-3, "lr_final": 1e-3, "generations": 5,
-                       "filter_fraction": 0.0244, "window": "K10"},
+                       "filter_fraction": 0.0244, "window": "K10", "warm_start": False, "gen1_from_grid": False},
     "recursive_digits": {"enabled": True, "source": "mnist", "mnist_dir": None, "classifier_steps": 2_000,
                          "width": 512, "num_blocks": 3,
-                         "tied": False, "steps": 50_000,
+                         "tied": False, "steps": 50_000, "warm_start": False,
                          "batch_size": 1_024, "lr": 1e-3, "lr_final": 1e-4, "generations": 5,
                          "filter_fraction": 0.0244, "window": "K10"},
 }
@@ -49,12 +49,12 @@ _CPU: dict[str, Any] = copy.deepcopy(_PAPER)
 _CPU["schedule"] = {**_SCHEDULE, "train_t_max": 300}
 _CPU["oned"].update(sizes=[1_000, 20_000], steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3,
                     samples=20_000)
-_CPU["grid"].update(steps=6_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
-_CPU["shapes"].update(n=2_000, size=32, channels=[16, 32, 32], steps=300, batch_size=32, lr=2e-3, lr_final=1e-4,
+_CPU["grid"].update(steps=8_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
+_CPU["shapes"].update(n=2_000, size=32, channels=[8, 16, 16], steps=600, batch_size=32, lr=2e-3, lr_final=1e-4,
                       samples=256, sample_steps=50, sample_batch=256, write_png=64)
-_CPU["recursive_grid"].update(n=5_000, width=64, steps=3_000, batch_size=512, lr=3e-3, lr_final=1e-5,
-                              filter_fraction=0.1, window="K5")
-_CPU["recursive_digits"].update(source="digits", classifier_steps=400, width=256, steps=2_000, batch_size=256,
+_CPU["recursive_grid"].update(n=5_000, steps=1_000, batch_size=512, lr=1e-3, lr_final=1e-5, filter_fraction=0.1,
+                              window="K5", warm_start=True, gen1_from_grid=True)
+_CPU["recursive_digits"].update(source="digits", classifier_steps=400, width=256, steps=1_500, batch_size=256,
                                 lr=2e-3, lr_final=1e-5, filter_fraction=0.1, window="K10")
 
 _SMOKE: dict[str, Any] = copy.deepcopy(_CPU)

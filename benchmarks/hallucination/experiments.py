@@ -125,7 +125,7 @@ def detection_metrics(scores: dict[str, torch.Tensor], hallucinated: torch.Tenso
 
 # Section keys that do not change what a unit's model learns (the unit's key names its data).
 _NOT_TRAINING = frozenset({"sizes", "means", "samples", "sample_steps", "sample_batch", "write_png", "windows",
-                           "enabled", "generations"})
+                           "enabled", "generations", "classifier_steps"})
 
 
 def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any], section: dict[str, Any],
@@ -350,14 +350,31 @@ def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: 
     n = real.shape[0]
     n_draw = int(round(n / (1.0 - rc["filter_fraction"])))
     window = rc["window"]
+    from_grid = which == "grid" and rc["gen1_from_grid"]
+    # Generations after the first depend on how the first was made.
+    chain = {**rc, "gen1": config["grid"] if from_grid else None}
     data = real
+    previous: dict[str, torch.Tensor] | None = None
     gens: list[dict[str, Any]] = []
     for gen in range(1, rc["generations"] + 1):
-        # Generation 1 learns the real data and is shared by both arms.
-        gkey = f"recursive_{which}_gen1_s{seed}" if gen == 1 else f"{key}_gen{gen}"
-        model = _toy_model(real.shape[1], rc, seed + gen)
-        train_info = _train_or_load(model, data, config, rc, gkey, seed + gen, ctx)
-        x, scores = _sample(model, config, n_draw, (real.shape[1],), seed + 100 * gen, ctx)
+        if gen == 1 and from_grid:
+            # NOTE: generation 1 is the grid experiment's own model (trained on the grid's N real
+            # samples); the chain then keeps N = recursive_grid.n samples per generation.
+            model = _toy_model(2, config["grid"], seed)
+            grid = D.grid_2d(config["grid"]["n"], seed=seed, std=config["grid"]["std"])
+            gkey = f"grid_s{seed}"
+            train_info = _train_or_load(model, grid.x, config, config["grid"], gkey, seed, ctx)
+        else:
+            # Generation 1 learns the real data and is shared by both arms.
+            gkey = f"recursive_{which}_gen1_s{seed}" if gen == 1 else f"{key}_gen{gen}"
+            model = _toy_model(real.shape[1], rc, seed + gen)
+            if rc["warm_start"] and previous is not None:
+                # NOTE: a CPU-budget deviation: the paper trains a fresh model per generation.
+                model.load_state_dict(previous)
+            train_info = _train_or_load(model, data, config, chain, gkey, seed + gen, ctx)
+        previous = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        x, scores = _cached_sample(gkey, train_info, ctx, model=model, config=config, n=n_draw,
+                                   shape=(real.shape[1],), seed=seed + 100 * gen, windows=[window])
         finite = torch.isfinite(x).all(1)
         s = torch.where(finite, scores[window], torch.full_like(scores[window], float("inf")))
         if arm == "variance":
