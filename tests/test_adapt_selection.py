@@ -166,3 +166,23 @@ def test_vat_sensitivity_shape_and_sign():
     assert u.shape == (10,) and u.dtype == torch.float64 and (u >= 0).all() and (u > 0).any()
     probs = torch.softmax(model(x), 1).detach()
     assert s3_select(probs, 3, uncertainty=u).indices.numel() == 3
+
+
+def test_similarity_is_only_ever_built_in_blocks(monkeypatch):
+    """Memory bound: no similarity block has more than block_size rows (never N x N)."""
+    probs, u = _pool(400, 5, 11)
+    shapes = []
+    original = S3Objective._similarity
+
+    def recording(self, items):
+        out = original(self, items)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(S3Objective, "_similarity", recording)
+    s3_select(probs, 20, uncertainty=u, block_size=16)
+    assert shapes and max(r for r, _ in shapes) <= 16
+    assert {c for _, c in shapes} == {400}
+    shapes.clear()
+    s3_select(probs, 20, uncertainty=u, block_size=16, num_representatives=50)
+    assert {c for _, c in shapes} == {50}
