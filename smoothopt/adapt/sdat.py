@@ -90,6 +90,8 @@ def sdat_step(
         The gradient reversal coefficient is not advanced here; attach the layer to the
         discriminator optimizer (``grl.attach(discriminator_optimizer)``), which steps once.
         Classifier BatchNorm layers see two forward passes per step, as in every SAM step.
+        If the closure raises during the second pass, the classifier is left at the perturbed
+        weights (SAM offers no public way to abandon a step); treat the model as unusable then.
 
     Example:
         >>> def closure(need_adversarial):  # doctest: +SKIP
