@@ -138,6 +138,32 @@ def test_list_file_parsing(tmp_path):
         read_list_file(f)
 
 
+def test_list_file_data_set_reads_images(tmp_path):
+    from PIL import Image
+
+    from benchmarks.longtail.data import list_file_lt
+
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (10 * i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "train.txt").write_text("img/0.png 0\nimg/1.png 0\nimg/2.png 1\n")
+    (tmp_path / "test.txt").write_text("img/2.png 1\nimg/0.png 0\n")
+    data = list_file_lt("imagenet-lt", tmp_path, tmp_path / "train.txt", tmp_path / "test.txt", image_size=16)
+    assert data.cls_num_list == [2, 1] and data.num_classes == 2
+    x, y = data.train_set[2]
+    assert x.shape == (3, 16, 16) and y == 1
+
+
+@pytest.mark.parametrize(("cfg", "match"), [({"name": "cifar10-lt", "imbalance_factor": 100}, "data.root"),
+                                            ({"name": "imagenet-lt", "root": "x"}, "data.train_list"),
+                                            ({"name": "mnist"}, "data.name")])
+def test_load_data_names_what_is_missing(cfg, match):
+    from benchmarks.longtail.data import load_data
+
+    with pytest.raises(ValueError, match=match):
+        load_data(cfg)
+
+
 # ----------------------------------------------------------------------------- training pieces
 
 
