@@ -19,6 +19,7 @@ import platform
 import resource
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,8 +58,9 @@ def measure(fn, *args, **kwargs):
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    if reset:
-        rise = (_status_kib("VmHWM") - rss0) / 1024
+    hwm = _status_kib("VmHWM") if reset else None
+    if hwm is not None and rss0 is not None:
+        rise = (hwm - rss0) / 1024
         method = "VmHWM after /proc/self/clear_refs reset, minus VmRSS before"
     else:
         rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) / 1024
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--pool must be >= 1 and --fraction in (0, 1]")
     torch.set_num_threads(args.threads)
 
-    from smoothopt.adapt import s3_select, select
+    from smoothopt.adapt import Selection, s3_select, select
 
     gen = torch.Generator().manual_seed(args.seed)
     probs = torch.softmax(3.0 * torch.randn(args.pool, args.classes, generator=gen), dim=1).double()
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
           f"threads={args.threads}; a dense N x N float64 matrix would take {dense_mib:,.0f} MiB")
     print(f"{'strategy':<10} {'wall (s)':>10} {'CPU (s)':>10} {'peak RSS rise (MiB)':>20} {'traced Python (MiB)':>20}")
     for strategy in args.strategies:
+        fn: Callable[..., Selection]
         if strategy == "s3":
             fn, kw = s3_select, {"uncertainty": "margin", "num_representatives": args.num_representatives,
                                  "block_size": args.block_size, "generator": torch.Generator().manual_seed(1)}
