@@ -104,6 +104,27 @@ def test_hook_is_bit_identical_and_scores_match_numpy_var(unet, name):
     rec.detach()
 
 
+@pytest.mark.parametrize(("factory", "rtol"), [
+    (lambda: diffusers.KDPM2DiscreteScheduler(), 1e-9),
+    (lambda: diffusers.LMSDiscreteScheduler(), 1e-9),
+    (lambda: diffusers.EDMEulerScheduler(), 1e-9),
+    (lambda: diffusers.LCMScheduler(), 1e-9),
+    (lambda: diffusers.DEISMultistepScheduler(), 2e-3),  # reference recomputed in float64: rounding only
+], ids=["kdpm2", "lms", "edm_euler", "lcm", "deis"])
+def test_more_schedulers_with_float64_accumulation(unet, factory, rtol):
+    # With x0_hat of magnitude ~100 and variance ~1e-6 (a random UNet), float32 accumulation keeps ~1e-4 of
+    # relative precision; float64 accumulation matches numpy.var on the scheduler's own x0_hat to rounding.
+    deis = isinstance(factory(), diffusers.DEISMultistepScheduler)
+    reference = (lambda s, m, t, x, o: _vp_x0(s, m, t, x)) if deis else _own_x0
+    plain, trajectory = sample_loop(unet, factory(), seed=4, reference=reference)
+    sched = factory()
+    rec = hallucfilter.attach(sched, last_k=4, dtype=torch.float64)
+    hooked, _ = sample_loop(unet, sched, seed=4)
+    assert torch.equal(plain, hooked) and rec.tracker.count == 4 and len(trajectory) == NUM_STEPS
+    expected = np.var(torch.stack(trajectory[-4:]).double().numpy(), axis=0).reshape(BATCH, -1).mean(axis=1)
+    np.testing.assert_allclose(rec.scores().numpy(), expected, rtol=rtol)
+
+
 @pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "heun", "dpmsolver++"])
 def test_signature_kept_and_detach_restores_exactly(unet, name):
     sched = SCHEDULERS[name][0]()
