@@ -86,8 +86,8 @@ def rademacher(
     the same probes on every device.
     """
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    bits = torch.randint(0, 2, tuple(shape), generator=generator, device=gen_device)
-    return (bits * 2 - 1).to(device=device, dtype=dtype)
+    bits = torch.randint(0, 2, tuple(shape), generator=generator, device=gen_device, dtype=torch.int8)
+    return bits.to(device=device, dtype=dtype).mul_(2).sub_(1)
 
 
 def gaussian(

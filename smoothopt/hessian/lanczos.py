@@ -57,7 +57,11 @@ class LanczosChains:
             raise ValueError("start vectors must be non-zero")
         self.q = start / norms
         self.q_prev = torch.zeros_like(self.q)
-        self.basis: list[Tensor] = [self.q] if reorthogonalize else []
+        # The basis lives in one preallocated (B, capacity, n) buffer that doubles when full.
+        self._basis = self.q.new_zeros(self.batch, min(16, self.dim + 1), self.dim) if reorthogonalize else None
+        self._size = 0
+        if reorthogonalize:
+            self._append(self.q)
         self.alphas: list[Tensor] = []
         self.betas: list[Tensor] = []
         self.lengths = torch.zeros(self.batch, dtype=torch.long)
@@ -82,7 +86,7 @@ class LanczosChains:
 
         # Step 2: full re-orthogonalisation against Q_j, twice.
         if self.reorthogonalize:
-            basis = torch.stack(self.basis, dim=1)  # (B, j, n)
+            basis = self.basis  # (B, j, n)
             for _ in range(2):
                 w = w - torch.einsum("bjn,bj->bn", basis, torch.einsum("bjn,bn->bj", basis, w))
 
@@ -101,7 +105,23 @@ class LanczosChains:
         q_next = torch.where(self.active[:, None].to(w.device), w / safe[:, None], torch.zeros_like(w))
         self.q_prev, self.q = self.q, q_next
         if self.reorthogonalize:
-            self.basis.append(q_next)
+            self._append(q_next)
+
+    @property
+    def basis(self) -> Tensor:
+        """The stored Lanczos vectors :math:`Q_j`, shape ``(B, j, n)`` (empty without re-orthogonalisation)."""
+        if self._basis is None:
+            return self.q.new_zeros(self.batch, 0, self.dim)
+        return self._basis[:, : self._size]
+
+    def _append(self, q: Tensor) -> None:
+        assert self._basis is not None  # noqa: S101 - only called with re-orthogonalisation
+        if self._size == self._basis.shape[1]:
+            grown = self._basis.new_zeros(self.batch, 2 * self._size, self.dim)
+            grown[:, : self._size] = self._basis
+            self._basis = grown
+        self._basis[:, self._size] = q
+        self._size += 1
 
     def tridiagonal(self, b: int) -> Tensor:
         """The float64 tridiagonal :math:`T` of chain ``b``, of size equal to that chain's length."""
@@ -128,7 +148,7 @@ class LanczosChains:
         if not self.reorthogonalize:
             raise RuntimeError("Ritz vectors need the basis: run with reorthogonalize=True")
         m = s.shape[0]
-        q = torch.stack([x[b] for x in self.basis[:m]])  # (m, n)
+        q = self.basis[b, :m]  # (m, n)
         return s.T.to(q.dtype) @ q
 
 

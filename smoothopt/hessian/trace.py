@@ -94,9 +94,12 @@ def hutchinson(
     n, dtype, device = _shape(operator)
     gen = make_generator(generator, seed)
 
-    # Step 1: z^T H z for Rademacher z.
-    z = rademacher((num_probes, n), generator=gen, dtype=dtype, device=device)
-    samples = (z * _apply(operator, z, batch_size)).sum(dim=1).to(torch.float64).cpu()
+    # Step 1: z^T H z for Rademacher z, drawn batch by batch to keep memory at batch_size * n.
+    parts = []
+    for start in range(0, num_probes, batch_size):
+        z = rademacher((min(batch_size, num_probes - start), n), generator=gen, dtype=dtype, device=device)
+        parts.append((z * _apply(operator, z, batch_size)).sum(dim=1).to(torch.float64).cpu())
+    samples = torch.cat(parts)
 
     # Step 2: mean and standard error.
     mean, stderr = _mean_stderr(samples)
