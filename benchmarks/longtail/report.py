@@ -108,9 +108,14 @@ def report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunC
                      f"run on average (over {len(counts_acted)} runs of {config['train']['epochs']} epochs).")
     total_cpu = sum(np.nansum(v) for v in cpu_s.values())
     lines.append(f"\nTraining CPU time summed over all runs: {total_cpu:.0f} s (one thread).")
+    from benchmarks.longtail.train import optimizer_available
+
     missing = [m for m in config["methods"] if m not in scores]
-    if missing:
-        lines += ["", f"Not run (their optimizer is not in this smoothopt): {', '.join(missing)}."]
+    lacking = [m for m in missing if not optimizer_available(config["methods"][m].get("optimizer", "sgd"))]
+    if lacking:
+        lines += ["", f"Not run (their optimizer is not in this smoothopt): {', '.join(lacking)}."]
+    if set(missing) - set(lacking):
+        lines += ["", f"No finished run yet: {', '.join(m for m in missing if m not in lacking)}."]
 
     lines += ["", "## Paired comparisons (same seeds)", ""]
     for metric in ("tail", "overall", "few"):
