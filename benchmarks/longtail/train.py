@@ -296,8 +296,10 @@ def train_one(
         progress: Wraps the epoch range (a progress bar).
 
     Returns:
-        ``per_class`` test accuracy (%), ``overall``, ``final_train_loss``, the step count and
-        the training time.
+        ``per_class`` test accuracy (%), ``overall``, ``final_train_loss`` (last epoch, mean over
+        ranks), ``steps``, wall and CPU seconds of training, and ``perturbations`` / ``escapes``:
+        how often perturbed descent jumped or the negative-curvature optimizer stepped (``None``
+        for the other optimizers).
     """
     tc = config["train"]
     epochs = int(tc["epochs"])
