@@ -406,3 +406,24 @@ def test_escape_rejects_bad_arguments(kwargs, message):
     model = nn.Linear(2, 1)
     with pytest.raises(ValueError, match=message):
         NegativeCurvatureEscape(torch.optim.SGD(model.parameters(), lr=0.1), model, F.mse_loss, **kwargs)
+
+
+# -------------------------------------------------------------------------------------- plots
+def test_plots_draw_every_class():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from smoothopt.hessian.plots import plot_class_densities, plot_eigenvalues_by_class, plot_group_densities
+
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 4)).double()
+    x, y = torch.randn(24, 3, dtype=torch.float64), torch.arange(24) % 4
+    res = per_class_spectra(model, F.cross_entropy, (x, y), 4, num_steps=6, seed=0)
+    fig = plot_class_densities(res, ncols=3)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4 and len({ax.get_xlim() for ax in visible}) == 1  # one shared eigenvalue axis
+    fig = plot_group_densities(res, {"head": [0, 1], "tail": [2, 3]})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["head", "tail"]
+    fig = plot_eigenvalues_by_class(res)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines[0].get_xdata()) == 4
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
