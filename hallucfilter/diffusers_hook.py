@@ -86,7 +86,7 @@ class TrajectoryRecorder:
         self._wrappers: dict[str, Any] = {}
         self._install()
         if getattr(scheduler, "timesteps", None) is not None and getattr(scheduler, "num_inference_steps", None):
-            self._read_schedule()
+            self._read_schedule(check=False)  # a schedule left from an earlier run; the next one may differ
 
     # --- installation ------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class TrajectoryRecorder:
 
     # --- the schedule ----------------------------------------------------------------------------------
 
-    def _read_schedule(self) -> None:
+    def _read_schedule(self, check: bool = True) -> None:
         # One host copy of the schedule per set_timesteps; a new schedule starts a new run.
         sched = self.scheduler
         self.tracker.reset()
@@ -165,7 +165,7 @@ class TrajectoryRecorder:
             self._sigmas = [math.sqrt((1 - float(ab[int(t)])) / float(ab[int(t)])) for t in self._timesteps]
         else:
             self._sigmas = None
-        if self.tracker.window.kind == "position":
+        if check and self.tracker.window.kind == "position":
             self.tracker.window.check_schedule(self._num_steps)
 
     @property

@@ -232,6 +232,11 @@ def test_errors_window_too_long_and_scores_before_steps(unet):
     with pytest.raises(ValueError, match="last_k=20 is longer than the schedule of num_steps=10"):
         sched.set_timesteps(10)
     rec.detach()
+    sched.set_timesteps(5)  # a schedule left from an earlier run does not decide: the next set_timesteps does
+    rec = hallucfilter.attach(sched, last_k=20)
+    sched.set_timesteps(30)
+    assert rec.num_steps == 30
+    rec.detach()
     with pytest.raises(TypeError, match="must have step"):
         hallucfilter.attach(object())
 
