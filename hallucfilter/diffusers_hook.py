@@ -240,6 +240,7 @@ class TrajectoryRecorder:
             return x0_from_sigma(model_output, sample, self._sigmas[index], prediction)
         raise RuntimeError(f"cannot find x0_hat for {type(sched).__name__}; pass x0_fn= to attach()")
 
+    @torch.no_grad()
     def _record(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, output: Any) -> None:
         index = self._call_index(timestep)
         position = index // 2 if self._second_order else index
