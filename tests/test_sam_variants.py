@@ -341,3 +341,44 @@ def test_per_replica_first_pass_syncs_whenever_the_pass_feeds_the_descent():
     assert seen == [1, 0, 0, 1, 0]
     with per_replica_first_pass(nn.Linear(2, 1), sam):  # a module without no_sync is left alone
         pass
+
+
+_VARIANTS = {
+    "asam": lambda ps: SAM(ps, torch.optim.SGD, rho=0.5, adaptive=True, lr=0.05, momentum=0.9),
+    "gsam": lambda ps: GSAM(ps, torch.optim.AdamW, rho=0.1, alpha=0.2, lr=0.01),
+    "looksam": lambda ps: LookSAM(ps, torch.optim.SGD, rho=0.1, k=3, lr=0.05, momentum=0.9),
+    "random": lambda ps: SAM(ps, torch.optim.SGD, rho=0.1, lr=0.05, momentum=0.9, schedule=RandomSteps(0.5, 3)),
+    "every3": lambda ps: SAM(ps, torch.optim.Adam, rho=0.1, lr=0.01, schedule=EveryKSteps(3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_VARIANTS))
+def test_every_variant_resumes_bit_for_bit(name):
+    gen = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)) for _ in range(8)]
+
+    def run(model, opt, data):
+        for x, y in data:
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        return model, _VARIANTS[name](list(model.parameters()))
+
+    model, opt = fresh()
+    run(model, opt, batches)
+    half_model, half_opt = fresh()
+    run(half_model, half_opt, batches[:4])
+    ckpt = copy.deepcopy({"model": half_model.state_dict(), "opt": half_opt.state_dict()})
+    resumed_model, resumed_opt = fresh()
+    resumed_model.load_state_dict(ckpt["model"])
+    resumed_opt.load_state_dict(ckpt["opt"])
+    run(resumed_model, resumed_opt, batches[4:])
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
