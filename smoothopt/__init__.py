@@ -19,9 +19,27 @@ __all__ = ["__version__"]
 # Each capability adds its public names below, in its own block of explicit imports
 # followed by an extension of __all__.
 
-from smoothopt.sam import GSAM, SAM, EveryKSteps, LookSAM, RandomSteps, freeze_norm_stats  # noqa: E402
+from smoothopt.sam import (  # noqa: E402
+    GSAM,
+    SAM,
+    EveryKSteps,
+    LookSAM,
+    RandomSteps,
+    freeze_norm_stats,
+    per_replica_first_pass,
+    register_timm,
+)
 
-__all__ += ["GSAM", "SAM", "EveryKSteps", "LookSAM", "RandomSteps", "freeze_norm_stats"]
+__all__ += [
+    "GSAM",
+    "SAM",
+    "EveryKSteps",
+    "LookSAM",
+    "RandomSteps",
+    "freeze_norm_stats",
+    "per_replica_first_pass",
+    "register_timm",
+]
 
 from smoothopt.losses import (  # noqa: E402
     CDTLoss,
