@@ -57,8 +57,9 @@ class LanczosChains:
             raise ValueError("start vectors must be non-zero")
         self.q = start / norms
         self.q_prev = torch.zeros_like(self.q)
-        # The basis lives in one preallocated (B, capacity, n) buffer that doubles when full.
-        self._basis = self.q.new_zeros(self.batch, min(16, self.dim + 1), self.dim) if reorthogonalize else None
+        # The basis lives in one preallocated (capacity, B, n) buffer that doubles when full, so the
+        # first j vectors are a contiguous slice.
+        self._basis = self.q.new_zeros(min(16, self.dim + 1), self.batch, self.dim) if reorthogonalize else None
         self._size = 0
         if reorthogonalize:
             self._append(self.q)
@@ -86,9 +87,9 @@ class LanczosChains:
 
         # Step 2: full re-orthogonalisation against Q_j, twice.
         if self.reorthogonalize:
-            basis = self.basis  # (B, j, n)
+            basis = self._basis[: self._size]  # (j, B, n)
             for _ in range(2):
-                w = w - torch.einsum("bjn,bj->bn", basis, torch.einsum("bjn,bn->bj", basis, w))
+                w = w - torch.einsum("jbn,jb->bn", basis, torch.einsum("jbn,bn->jb", basis, w))
 
         # Step 3: beta_j = ||w|| with a relative breakdown test; stopped chains keep zero vectors.
         beta = w.norm(dim=1).to(torch.float64)
@@ -112,15 +113,15 @@ class LanczosChains:
         """The stored Lanczos vectors :math:`Q_j`, shape ``(B, j, n)`` (empty without re-orthogonalisation)."""
         if self._basis is None:
             return self.q.new_zeros(self.batch, 0, self.dim)
-        return self._basis[:, : self._size]
+        return self._basis[: self._size].transpose(0, 1)
 
     def _append(self, q: Tensor) -> None:
         assert self._basis is not None  # noqa: S101 - only called with re-orthogonalisation
-        if self._size == self._basis.shape[1]:
-            grown = self._basis.new_zeros(self.batch, 2 * self._size, self.dim)
-            grown[:, : self._size] = self._basis
+        if self._size == self._basis.shape[0]:
+            grown = self._basis.new_zeros(2 * self._size, self.batch, self.dim)
+            grown[: self._size] = self._basis
             self._basis = grown
-        self._basis[:, self._size] = q
+        self._basis[self._size] = q
         self._size += 1
 
     def tridiagonal(self, b: int) -> Tensor:
@@ -148,7 +149,7 @@ class LanczosChains:
         if not self.reorthogonalize:
             raise RuntimeError("Ritz vectors need the basis: run with reorthogonalize=True")
         m = s.shape[0]
-        q = self.basis[b, :m]  # (m, n)
+        q = self._basis[:m, b]  # (m, n)
         return s.T.to(q.dtype) @ q
 
 
