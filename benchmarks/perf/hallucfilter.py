@@ -5,7 +5,9 @@
 1. Overhead: a tiny ``UNet2DModel`` (built from a config, random weights, 3x32x32) sampled by diffusers'
    ``DDPMPipeline`` with the chosen scheduler, hooked (``hallucfilter.attach(last_k=...)``) and unhooked
    in interleaved order (ABBA pairs, after a warm-up), same seed each run. Reported: median seconds per
-   run, the per-pair relative difference (median and a bootstrap 95% interval), the hook's absolute
+   run, the per-pair relative difference (median and a bootstrap 95% interval; and the fastest hooked
+   run against the fastest plain one), the same per-pair difference of process CPU time (less
+   disturbed by other processes on a shared machine than wall time), the hook's absolute
    cost per step measured in isolation (hooked minus plain ``scheduler.step`` on fixed tensors), and
    that cost as a share of one pipeline step. Outputs are also checked to be bit-identical.
 2. Memory: ``TrajectoryVariance`` fed a ``--mem-steps``-step trajectory of ``(batch, 3, 64, 64)`` float32
@@ -102,29 +104,33 @@ def overhead(args: argparse.Namespace, device: torch.device) -> dict:
         rec = hallucfilter.attach(pipe.scheduler, last_k=args.last_k) if hooked else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         images = run()
         if rec is not None:
             rec.scores()  # the one host synchronisation, included in the hooked time
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         if rec is not None:
             rec.detach()
-        return seconds, images
+        return seconds, images, cpu_seconds
 
     for _ in range(args.warmup):
         timed(False)
         timed(True)
-    plain, hooked = [], []
+    plain, hooked, plain_cpu, hooked_cpu = [], [], [], []
     identical = True
     for r in range(args.repeats):
         order = (False, True) if r % 2 == 0 else (True, False)  # ABBA
         results = {h: timed(h) for h in order}
         plain.append(results[False][0])
         hooked.append(results[True][0])
+        plain_cpu.append(results[False][2])
+        hooked_cpu.append(results[True][2])
         identical &= bool(np.array_equal(results[False][1], results[True][1]))
     plain_a, hooked_a = np.asarray(plain), np.asarray(hooked)
     rel = hooked_a / plain_a - 1.0
     lo, hi = _bootstrap_median_ci(rel, seed=args.seed)
+    rel_cpu = np.asarray(hooked_cpu) / np.asarray(plain_cpu) - 1.0
+    lo_cpu, hi_cpu = _bootstrap_median_ci(rel_cpu, seed=args.seed)
 
     # The hook's own cost per step, isolated from the UNet's run-to-run noise.
     sched = _make_scheduler(args.scheduler)
@@ -158,12 +164,17 @@ def overhead(args: argparse.Namespace, device: torch.device) -> dict:
         "relative_overhead_median": float(np.median(rel)),
         "relative_overhead_ci95": [lo, hi],
         "relative_overhead_mean": float(rel.mean()),
+        "relative_overhead_of_minima": float(hooked_a.min() / plain_a.min() - 1.0),
+        "relative_cpu_overhead_median": float(np.median(rel_cpu)),
+        "relative_cpu_overhead_ci95": [lo_cpu, hi_cpu],
         "bit_identical": identical,
         "hook_cost_per_step_us": per_step_us,
         "pipeline_step_ms": pipeline_step_ms,
         "hook_share_of_step": per_step_us / 1e3 / pipeline_step_ms,
         "plain_s": plain,
         "hooked_s": hooked,
+        "plain_cpu_s": plain_cpu,
+        "hooked_cpu_s": hooked_cpu,
     }
 
 
@@ -243,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hooked pipeline : median {ov['hooked_median_s'] * 1e3:.1f} ms/run")
     lo, hi = ov["relative_overhead_ci95"]
     print(f"end-to-end      : {ov['relative_overhead_median'] * 100:+.2f}% median per pair "
-          f"[95% CI {lo * 100:+.2f}%, {hi * 100:+.2f}%], mean {ov['relative_overhead_mean'] * 100:+.2f}%")
+          f"[95% CI {lo * 100:+.2f}%, {hi * 100:+.2f}%], mean {ov['relative_overhead_mean'] * 100:+.2f}%, "
+          f"fastest vs fastest {ov['relative_overhead_of_minima'] * 100:+.2f}%")
+    lo, hi = ov["relative_cpu_overhead_ci95"]
+    print(f"end-to-end CPU  : {ov['relative_cpu_overhead_median'] * 100:+.2f}% median per pair of process CPU "
+          f"times [95% CI {lo * 100:+.2f}%, {hi * 100:+.2f}%]")
     print(f"hook alone      : {ov['hook_cost_per_step_us']:.1f} us/step = "
           f"{ov['hook_share_of_step'] * 100:.2f}% of a pipeline step")
     print(f"bit-identical   : {ov['bit_identical']}")
