@@ -114,7 +114,8 @@ def test_timm_factory_builds_sam():
     assert torch.isfinite(sam.step(closure)) and sam.sam_steps == 1
 
 
-def test_lightning_trainer_fit(recwarn):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_lightning_trainer_fit(recwarn, precision):
     pl = pytest.importorskip("lightning.pytorch")
     calls = Counter()
 
@@ -141,7 +142,7 @@ def test_lightning_trainer_fit(recwarn):
     data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=gen), torch.randint(0, 2, (32,), generator=gen))
     module = Module()
     w0 = [p.detach().clone() for p in module.parameters()]
-    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     sam = trainer.optimizers[0]
@@ -150,7 +151,8 @@ def test_lightning_trainer_fit(recwarn):
     assert sam.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)  # the per-step scheduler reached the base
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
     changed = [not torch.equal(p, w) for p, w in zip(module.parameters(), w0)]
-    assert changed == [True, False, True, True, True, True]  # the bias before BatchNorm has zero gradient
+    # the bias before BatchNorm has zero gradient in float32 (only rounding noise under bf16 autocast)
+    assert changed[0] and all(changed[2:]) and (changed[1] is False or precision == "bf16-mixed")
 
 
 class _CountOps(TorchDispatchMode):
