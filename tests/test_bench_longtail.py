@@ -210,6 +210,22 @@ def test_drw_switch_changes_the_loss(loss):
     assert not torch.allclose(plain, weighted) and torch.equal(fn(z, y), plain)
 
 
+@pytest.mark.parametrize(("row", "options", "counter"), [
+    ("ldam_drw_pgd", {"threshold": 1e9, "interval": 1}, "perturbations"),  # jump whenever allowed
+    ("ldam_drw_negcurv", {"every": 1}, "escapes"),  # a Lanczos check on every batch
+])
+def test_saddle_escape_rows_act(row, options, counter):
+    config = json.loads(json.dumps(PRESETS["smoke"]))
+    config["train"]["epochs"] = 1
+    m = config["methods"][row]
+    m["options"] = {**m["options"], **options}
+    data = digits_lt()
+    r = train_one(config, Method.from_config(row, m), data, seed=0, device=torch.device("cpu"))
+    # 363 images in batches of 128: 3 steps; PGD may jump on each, the escape steps when lambda_min < -1e-3
+    assert r["steps"] == 3 and 1 <= r[counter] <= 3
+    assert np.isfinite(r["final_train_loss"])
+
+
 @pytest.mark.parametrize("arch", ["digits_cnn", "resnet32"])
 @pytest.mark.parametrize("head", ["linear", "cosine"])
 def test_models_shapes(arch, head):

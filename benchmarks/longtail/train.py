@@ -239,6 +239,10 @@ def build_optimizer(
     if method.optimizer == "negcurv":
         from smoothopt.hessian import NegativeCurvatureEscape
 
+        # NOTE: the batch Hessian is probed in eval mode: in train mode smoothopt's escape (0.1.0) fails on
+        # BatchNorm networks (a running-statistics buffer is modified in place between the graph's build and
+        # its Hessian-vector products). Eval mode is also how the class-wise spectra are taken.
+        options.setdefault("mode", "eval")
         return NegativeCurvatureEscape(torch.optim.SGD(params, **base), model, loss_fn, **options)
     raise ValueError(f"optimizer must be one of sgd, sam, pgd, negcurv, got {method.optimizer!r}")
 
