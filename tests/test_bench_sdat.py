@@ -99,6 +99,15 @@ def test_smoke_preset_end_to_end(tmp_path):
     comps = comparisons(results)
     assert {(a, b) for _, a, b, _, _ in comps} >= {("dann_sdat", "dann"), ("cdan_sdat", "cdan")}
 
+    # an interrupted run still gets a report, from the units it has, marked partial
+    from benchmarks.sdat.partial import main as partial_main
+
+    (out / "units" / "rot30__cdan__seed1.json").unlink()
+    assert partial_main([str(out)]) == 0
+    partial = (out / "report.md").read_text()
+    assert f"PARTIAL: {2 * len(METHODS) - 1} of {2 * len(METHODS)} units" in partial
+    assert "CDAN+SDAT vs CDAN" not in partial  # one shared seed is too few for a paired comparison
+
 
 def test_same_seed_same_result(tmp_path):
     from benchmarks._harness import RunContext

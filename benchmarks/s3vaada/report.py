@@ -20,13 +20,20 @@ def _by_cell(results: dict[str, dict[str, Any]]) -> dict[tuple[str, str], dict[i
     return cells
 
 
+def _score(result: dict[str, Any], round_index: int | None) -> float:
+    acc = result["test_acc"]
+    return float(np.mean(acc[1:])) if round_index is None else float(acc[round_index])
+
+
 def comparisons(
-    results: dict[str, dict[str, Any]], round_index: int = -1
+    results: dict[str, dict[str, Any]], round_index: int | None = -1
 ) -> list[tuple[str, str, str, int, dict[str, Any], list[float]]]:
     """Paired comparisons at one round: ``(trainer, a, b, budget, stats, per-seed differences)``.
 
-    Beside the strategy pairs of :data:`COMPARISONS` under each trainer, the same strategy under
-    VAADA and under DANN is compared (``a``/``b`` are then ``"vaada"``/``"dann"``).
+    ``round_index=None`` compares the mean accuracy over the labelling rounds (the area under
+    the accuracy-budget curve, budget 0 excluded); ``budget`` is then the final one. Beside the
+    strategy pairs of :data:`COMPARISONS` under each trainer, the same strategy under VAADA and
+    under DANN is compared (``a``/``b`` are then ``"vaada"``/``"dann"``).
     """
     cells = _by_cell(results)
     out = []
@@ -41,9 +48,9 @@ def comparisons(
         seeds = sorted(set(ra) & set(rb))
         if len(seeds) < 2:
             continue
-        xa = [ra[s]["test_acc"][round_index] for s in seeds]
-        xb = [rb[s]["test_acc"][round_index] for s in seeds]
-        budget = ra[seeds[0]]["budgets"][round_index]
+        xa = [_score(ra[s], round_index) for s in seeds]
+        xb = [_score(rb[s], round_index) for s in seeds]
+        budget = ra[seeds[0]]["budgets"][-1 if round_index is None else round_index]
         a, b = (ka[1], kb[1]) if ka[0] == kb[0] else (ka[0] + ":" + ka[1], kb[0] + ":" + kb[1])
         out.append((label, a, b, budget, paired_comparison(xa, xb), [x - y for x, y in zip(xa, xb)]))
     return out
@@ -135,6 +142,12 @@ def write_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
             lines += [format_comparison(f"{lab}: {LABELS.get(a, a)} vs {LABELS.get(b, b)}", c, " pt")
                       for lab, a, b, _, c, _ in mid]
             lines.append("")
+        auc = comparisons(results, round_index=None)
+        lines += [f"Mean accuracy over the {len(any_run['budgets']) - 1} labelling rounds (area under the "
+                  "accuracy-budget curve):", "", COMPARISON_HEADER]
+        lines += [format_comparison(f"{lab}: {LABELS.get(a, a)} vs {LABELS.get(b, b)}", c, " pt")
+                  for lab, a, b, _, c, _ in auc]
+        lines.append("")
         fig2 = ctx.path("figures", "paired_differences.png")
         plot_paired_differences(diffs, fig2, f"S3VAADA: per-seed paired differences at {budget} labels",
                                 "target acc. difference (pt)")
