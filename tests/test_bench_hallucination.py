@@ -99,15 +99,17 @@ def test_exact_score_gives_no_interpolation(num_steps):
 
 def test_sampler_reports_x0_hat_and_returns_it_at_the_last_step():
     s = LinearSchedule()
-    seen = []
+    seen, timesteps = [], []
 
     class Obs:
-        def update(self, x0_hat, *, step, num_steps):
+        def update(self, x0_hat, *, step, num_steps, timestep):
             seen.append((step, num_steps, x0_hat.clone()))
+            timesteps.append(timestep)
 
     model = ToyDenoiser(2, width=16)
     x = ddpm_sample(model, s, (5, 2), start=20, observers=[Obs()], generator=torch.Generator().manual_seed(0))
     assert [i for i, _, _ in seen] == list(range(20)) and {n for _, n, _ in seen} == {20}
+    assert timesteps == list(range(19, -1, -1))
     torch.testing.assert_close(seen[-1][2], x, rtol=0, atol=0)
     # Same generator, same samples; respacing to every step is the plain chain.
     y = ddpm_sample(model, s, (5, 2), start=20, num_steps=20, generator=torch.Generator().manual_seed(0))
@@ -231,6 +233,6 @@ def test_unit_keys_cover_every_part():
 
     cfg = EXPERIMENT.presets["cpu"]
     keys = unit_keys(cfg, [0])
-    assert "oned_m123_n2000_s0" in keys and "oned_m1245_n20000_s0" in keys
+    assert "oned_m123_n1000_s0" in keys and "oned_m1245_n20000_s0" in keys
     assert {"grid_s0", "grid_rotated_s0", "shapes_s0", "recursive_digits_random_s0"} <= set(keys)
     assert len(keys) == len(set(keys))
