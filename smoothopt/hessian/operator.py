@@ -230,12 +230,18 @@ class HessianOperator:
     # ---------------------------------------------------------------- private
     def _pass(self, v: Tensor) -> Tensor:
         """One pass over the data: accumulate ``n_b * H_b v_g`` per group, then normalise (Eq. above)."""
-        out = torch.zeros_like(v)
+        # NOTE: per-group accumulators of shape (k, n) stay small; one (G, k, n) buffer was slower on CPU.
+        acc: list[Tensor | None] = [None] * self.num_groups
+
+        def add(group: int, hv: Tensor) -> None:
+            prev = acc[group]
+            acc[group] = hv if prev is None else prev.add_(hv)
+
         if self.engine == "graph":
             assert self._graphs is not None  # noqa: S101 - internal invariant
             for grads, idx, group, n_b in self._graphs:
                 if v.shape[1]:
-                    out[group] += n_b * self._apply(grads, idx, v[group], retain=True)
+                    add(group, self._apply(grads, idx, v[group], retain=True).mul_(n_b))
             counts = self.counts.clone()
         else:
             counts = torch.zeros(self.num_groups, dtype=torch.float64)
@@ -246,18 +252,19 @@ class HessianOperator:
                     counts[group] += n_b
                     if v.shape[1]:
                         grads, idx = self._gradient(inputs, targets)
-                        out[group] += n_b * self._apply(grads, idx, v[group], retain=False)
+                        add(group, self._apply(grads, idx, v[group], retain=False).mul_(n_b))
             self._check_fingerprint(fingerprint)
             if self.distributed:
                 counts = counts.to(self.device)
                 dist.all_reduce(counts)
                 counts = counts.cpu()
             self.counts = counts
+        out = torch.stack([torch.zeros_like(v[g]) if a is None else a for g, a in enumerate(acc)])
         if self.distributed and v.shape[1]:
             dist.all_reduce(out)
         self.num_passes += 1
         scale = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
-        return out * scale.to(device=out.device, dtype=out.dtype).view(-1, 1, 1)
+        return out.mul_(scale.to(device=out.device, dtype=out.dtype).view(-1, 1, 1))
 
     def _build_graphs(self) -> None:
         graphs = []

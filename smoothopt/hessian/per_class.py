@@ -173,9 +173,12 @@ def spectra(
     dtype, device = operator.dtype, operator.device
 
     # Step 1: start vectors: Gaussian for the eigenvalue chains, Rademacher for density and trace.
-    eig = LanczosChains(gaussian((g_count, n), generator=gen, dtype=dtype, device=device))
-    dens = LanczosChains(rademacher((g_count * p, n), generator=gen, dtype=dtype, device=device),
-                         reorthogonalize=reorthogonalize_density)
+    # NOTE: one LanczosChains object per group keeps every vector update small enough to stay in cache;
+    # a single (G * P, n) batch was several times slower on CPU.
+    eig_start = gaussian((g_count, n), generator=gen, dtype=dtype, device=device)
+    dens_start = rademacher((g_count, p, n), generator=gen, dtype=dtype, device=device)
+    eig = [LanczosChains(eig_start[c : c + 1]) for c in range(g_count)]
+    dens = [LanczosChains(dens_start[c], reorthogonalize=reorthogonalize_density) for c in range(g_count)]
     probes = rademacher((g_count, t, n), generator=gen, dtype=dtype, device=device)
 
     # Step 2: lock-step Lanczos; one grouped pass per step applies H_c to every chain of class c.
@@ -183,41 +186,47 @@ def spectra(
     trace_samples = torch.zeros(g_count, 0, dtype=torch.float64)
     converged = [False] * g_count
     for step in range(max(num_steps, eig_steps)):
-        parts = []
-        if eig_running:
-            parts.append(eig.vectors().view(g_count, 1, n))
-        dens_running = step < num_steps and not dens.done
-        if dens_running:
-            parts.append(dens.vectors().view(g_count, p, n))
-        if step == 0 and t:
-            parts.append(probes)
-        if not parts:
+        dens_running = step < num_steps and not all(d.done for d in dens)
+        width = int(eig_running) + (p if dens_running else 0) + (t if step == 0 else 0)
+        if width == 0:
             break
-        out = operator.matvec_grouped(torch.cat(parts, dim=1))
-        col = 0
-        if eig_running:
-            eig.update(out[:, 0])
-            col = 1
-        if dens_running:
-            dens.update(out[:, col : col + p].reshape(g_count * p, n))
-            col += p
+        vectors = torch.empty(g_count, width, n, dtype=dtype, device=device)
+        for c in range(g_count):
+            col = 0
+            if eig_running:
+                vectors[c, 0] = eig[c].vectors()[0]
+                col = 1
+            if dens_running:
+                vectors[c, col : col + p] = dens[c].vectors()
+                col += p
+            if step == 0 and t:
+                vectors[c, col:] = probes[c]
+        out = operator.matvec_grouped(vectors)
+        for c in range(g_count):
+            col = 0
+            if eig_running:
+                eig[c].update(out[c, :1])
+                col = 1
+            if dens_running:
+                dens[c].update(out[c, col : col + p])
+                col += p
         if step == 0 and t:
-            trace_samples = (probes * out[:, col:]).sum(dim=2).to(torch.float64).cpu()
+            trace_samples = (probes * out[:, -t:]).sum(dim=2).to(torch.float64).cpu()
         if eig_running:
             for c in range(g_count):
-                if not converged[c] and (not bool(eig.active[c]) or (
-                        int(eig.lengths[c]) >= min(2 * k, n) and _requested_converged(eig, k, "both", tol, c))):
+                if not converged[c] and (eig[c].done or (
+                        int(eig[c].lengths[0]) >= min(2 * k, n) and _requested_converged(eig[c], k, "both", tol))):
                     converged[c] = True
-            eig_running = not all(converged) and int(eig.lengths.max()) < eig_steps
+            eig_running = not all(converged) and max(int(e.lengths[0]) for e in eig) < eig_steps
 
     # Step 3: per group, Ritz values at both ends, Hutchinson trace, quadrature.
     counts = operator.counts
     results = []
     for c in range(g_count):
-        theta, _, residual = eig.ritz(c)
+        theta, _, residual = eig[c].ritz(0)
         kk = min(k, theta.numel())
         top_idx = torch.arange(theta.numel() - 1, theta.numel() - 1 - kk, -1)
-        density = density_from_chains(dens, range(c * p, (c + 1) * p), n)
+        density = density_from_chains(dens[c], range(p), n)
         samples = torch.cat([n * density.probe_moments(1), trace_samples[c]])
         tr = float(samples.mean())
         se = float(samples.std(unbiased=True) / math.sqrt(samples.numel())) if samples.numel() > 1 else math.nan
