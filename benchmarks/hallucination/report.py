@@ -206,12 +206,15 @@ def _figures(config: dict[str, Any], results: dict[str, dict[str, Any]], groups:
             bad = p["dist"] > config["k_sigma"]
             flagged = s > _threshold(s, bad, config["retention"])
             x = p["x"]
-            ax.scatter(x[~flagged, 0], x[~flagged, 1], s=1, c="tab:blue", alpha=0.3, lw=0)
-            ax.scatter(x[flagged, 0], x[flagged, 1], s=4, c="tab:red", lw=0, label="flagged")
+            ax.scatter(x[~flagged, 0], x[~flagged, 1], s=2, c="tab:blue", alpha=0.5, lw=0, label="kept")
+            ax.scatter(x[flagged, 0], x[flagged, 1], s=3, c="tab:red", lw=0, label="flagged")
+            ax.scatter(x[bad, 0], x[bad, 1], s=14, facecolors="none", edgecolors="k", lw=0.4,
+                       label=f"> {config['k_sigma']:g} sigma")
             ax.set_xlim(-2.2, 2.2)
             ax.set_ylim(-2.2, 2.2)
             ax.set_aspect("equal")
-            ax.set_title(f"{name}: red = flagged (96% retention)", fontsize=8)
+            ax.set_title(f"{name}: flagged at {config['retention']:.0%} retention", fontsize=8)
+        axes[0][0].legend(fontsize=7, loc="lower left")
         fig.tight_layout()
         fig.savefig(ctx.path("fig_grid_samples.png"), dpi=110)
         plt.close(fig)
