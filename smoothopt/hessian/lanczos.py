@@ -80,10 +80,12 @@ class LanczosChains:
 
     def update(self, hq: Tensor) -> None:
         """Advance every active chain by one step given ``hq`` = :math:`H q_j` (shape ``(B, n)``)."""
-        # Step 1: alpha_j = q_j^T H q_j and the three-term recurrence.
-        alpha = (hq * self.q).sum(dim=1).to(torch.float64)
+        # Step 1: alpha_j = q_j^T H q_j and the three-term recurrence (in place on a copy of hq).
+        alpha = torch.einsum("bn,bn->b", hq, self.q).to(torch.float64)
         beta_prev = self.betas[-1] if self.betas else torch.zeros(self.batch, dtype=torch.float64)
-        w = hq - alpha.to(hq.dtype)[:, None] * self.q - beta_prev.to(hq.dtype)[:, None] * self.q_prev
+        w = hq.clone()
+        w.addcmul_(self.q, -alpha.to(device=hq.device, dtype=hq.dtype)[:, None])
+        w.addcmul_(self.q_prev, -beta_prev.to(device=hq.device, dtype=hq.dtype)[:, None])
 
         # Step 2: full re-orthogonalisation against Q_j, twice.
         if self.reorthogonalize:
@@ -102,8 +104,10 @@ class LanczosChains:
         beta = torch.where(self.active & ~broke, beta, torch.zeros_like(beta))
         self.betas.append(beta)
         self.active = self.active & ~broke & ~full
-        safe = torch.where(beta > 0, beta, torch.ones_like(beta)).to(w.dtype)
-        q_next = torch.where(self.active[:, None].to(w.device), w / safe[:, None], torch.zeros_like(w))
+        safe = torch.where(beta > 0, beta, torch.ones_like(beta)).to(device=w.device, dtype=w.dtype)
+        q_next = w.div_(safe[:, None])
+        if not bool(self.active.all()):
+            q_next[~self.active.to(w.device)] = 0
         self.q_prev, self.q = self.q, q_next
         if self.reorthogonalize:
             self._append(q_next)

@@ -325,12 +325,13 @@ class HessianOperator:
             hv = torch.autograd.grad(grads, self.params, grad_outputs=outputs, retain_graph=retain,
                                      allow_unused=True, is_grads_batched=True)
             return flatten(hv, self.params) if any(h is not None for h in hv) else torch.zeros_like(v)
-        rows = []
+        out = torch.empty_like(v)
         for j in range(k):
             hv = torch.autograd.grad(grads, self.params, grad_outputs=[o[j] for o in outputs],
                                      retain_graph=retain or j < k - 1, allow_unused=True)
-            rows.append(flatten(hv, self.params))
-        return torch.stack(rows)
+            parts = [p.new_zeros(p.numel()) if h is None else h.reshape(-1) for h, p in zip(hv, self.params)]
+            torch.cat(parts, out=out[j])
+        return out
 
     def _check_fingerprint(self, fingerprint: Tensor) -> None:
         if not self.check_data:
