@@ -47,7 +47,7 @@ _PAPER: dict[str, Any] = {
 
 _CPU: dict[str, Any] = copy.deepcopy(_PAPER)
 _CPU["schedule"] = {**_SCHEDULE, "train_t_max": 300}
-_CPU["oned"].update(sizes=[1_000, 20_000], steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3,
+_CPU["oned"].update(sizes=[200, 1_000, 20_000], steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3,
                     samples=20_000)
 _CPU["grid"].update(steps=8_000, batch_size=1_024, lr=2e-3, lr_final=1e-5, samples=10_000)
 _CPU["shapes"].update(n=2_000, size=32, channels=[8, 16, 16], steps=600, batch_size=32, lr=2e-3, lr_final=1e-4,

@@ -84,12 +84,12 @@ def build_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
         lines.append("")
     if oned:
         lines += ["## 1D interpolation against training-set size and mode distance", "",
-                  "| means | N | beyond 6 sigma | per gap (width: fraction of all samples) |",
+                  "| means | N | beyond 6 sigma | beyond 6 sigma inside each gap (share of all samples) |",
                   "| --- | --- | --- | --- |"]
         for rows in oned.values():
             r0 = rows[0]
             gaps = "; ".join(
-                f"{g['width']:g}: {_mean_sd((r['gaps'][j]['fraction'] for r in rows), digits=3)}"
+                f"{g['lo']:g}-{g['hi']:g}: {_mean_sd((r['gaps'][j]['fraction'] for r in rows), digits=3)}"
                 for j, g in enumerate(r0["gaps"]))
             frac = _mean_sd((r["out_of_support"][sigma]["fraction"] for r in rows), digits=3)
             lines.append(f"| {r0['means']} | {r0['n_train']} | {frac} | {gaps} |")
