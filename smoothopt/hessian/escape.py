@@ -101,7 +101,9 @@ class NegativeCurvatureEscape(torch.optim.Optimizer):
         self.last_lambda_min: float | None = None
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None, batch: tuple[Any, Tensor] | None = None) -> Any:
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Tensor] | None = None, batch: tuple[Any, Tensor] | None = None
+    ) -> Any:
         """Base step, then (every ``every`` calls, when ``batch`` is given) a negative-curvature check.
 
         Args:
@@ -111,7 +113,7 @@ class NegativeCurvatureEscape(torch.optim.Optimizer):
         Returns:
             Whatever the base optimizer's ``step`` returns (the loss when a closure is given).
         """
-        loss = self.base_optimizer.step(closure)
+        loss = self.base_optimizer.step(closure)  # type: ignore[arg-type]
         self.num_steps += 1
         if batch is not None and self.num_steps % self.every == 0:
             with torch.enable_grad():

@@ -88,7 +88,7 @@ class LanczosChains:
         w.addcmul_(self.q_prev, -beta_prev.to(device=hq.device, dtype=hq.dtype)[:, None])
 
         # Step 2: full re-orthogonalisation against Q_j, twice.
-        if self.reorthogonalize:
+        if self._basis is not None:
             basis = self._basis[: self._size]  # (j, B, n)
             for _ in range(2):
                 w = w - torch.einsum("jbn,jb->bn", basis, torch.einsum("jbn,bn->jb", basis, w))
@@ -150,7 +150,7 @@ class LanczosChains:
 
     def ritz_vectors(self, b: int, s: Tensor) -> Tensor:
         """Map eigenvectors ``s`` of :math:`T` (columns) to Ritz vectors :math:`Q s` (rows, shape ``(k, n)``)."""
-        if not self.reorthogonalize:
+        if self._basis is None:
             raise RuntimeError("Ritz vectors need the basis: run with reorthogonalize=True")
         m = s.shape[0]
         q = self._basis[:m, b]  # (m, n)

@@ -217,9 +217,9 @@ class HessianOperator:
                 for inputs, targets, _ in self._chunks(None):
                     with torch.enable_grad():
                         loss = self.loss_fn(self.model(inputs), targets)
-                        g = torch.autograd.grad(loss, self.params, allow_unused=True)
+                        grad = torch.autograd.grad(loss, self.params, allow_unused=True)
                     n_b = _batch_size(targets)
-                    total += n_b * flatten(g, self.params)
+                    total += n_b * flatten(grad, self.params)
                     count += n_b
         if self.distributed:
             packed = torch.cat([total, total.new_tensor([count])])
