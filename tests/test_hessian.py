@@ -116,6 +116,19 @@ def test_model_state_left_as_found():
         assert all(p.grad is None for p in list(model.parameters())[1:])
 
 
+@pytest.mark.parametrize("engine", ["graph", "recompute"])
+def test_train_mode_with_batchnorm_restores_statistics(engine):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    op = HessianOperator(model, F.cross_entropy, [(x, y)], engine=engine, mode="train")
+    v = torch.randn(op.dim, dtype=torch.float64)
+    first = op.matvec(v)
+    torch.testing.assert_close(op.matvec(v), first, rtol=1e-12, atol=1e-12)  # the retained graph is reusable
+    assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+
+
 def test_unused_parameters_get_zero_rows():
     torch.manual_seed(0)
 

@@ -358,9 +358,11 @@ class HessianOperator:
         finally:
             for m, training in modes:
                 m.training = training
+            # NOTE: through ``.data`` so that the version counters the retained graph checks stay put;
+            # batch-norm backward in train mode uses its saved batch statistics, not these buffers.
             with torch.no_grad():
                 for b, saved in buffers:
-                    b.copy_(saved)
+                    b.data.copy_(saved)
 
 
 def _is_batch(obj: Any) -> bool:
