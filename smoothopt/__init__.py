@@ -6,72 +6,12 @@ Subpackages:
     :mod:`smoothopt.saddle`: saddle-escape optimizers and rho schedules.
     :mod:`smoothopt.hessian`: Hessian spectra (eigenvalues, trace, density, per-class spectra).
     :mod:`smoothopt.adapt`: domain-adversarial training with SDAT, VAT and S3 subset selection.
+    :mod:`smoothopt.evaluation`: per-class and many / medium / few (head / tail) accuracy.
 """
 
 import logging
 
-__version__ = "0.1.0"
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
-
-__all__ = ["__version__"]
-
-# Each capability adds its public names below, in its own block of explicit imports
-# followed by an extension of __all__.
-
-from smoothopt.sam import (  # noqa: E402
-    GSAM,
-    SAM,
-    EveryKSteps,
-    LookSAM,
-    RandomSteps,
-    freeze_norm_stats,
-    per_replica_first_pass,
-    register_timm,
-)
-
-__all__ += [
-    "GSAM",
-    "SAM",
-    "EveryKSteps",
-    "LookSAM",
-    "RandomSteps",
-    "freeze_norm_stats",
-    "per_replica_first_pass",
-    "register_timm",
-]
-
-from smoothopt.losses import (  # noqa: E402
-    CDTLoss,
-    CosineClassifier,
-    DeferredReweighting,
-    FocalLoss,
-    LDAMLoss,
-    LogitAdjustedLoss,
-    VSLoss,
-    class_balanced_weights,
-)
-
-__all__ += [
-    "CDTLoss",
-    "CosineClassifier",
-    "DeferredReweighting",
-    "FocalLoss",
-    "LDAMLoss",
-    "LogitAdjustedLoss",
-    "VSLoss",
-    "class_balanced_weights",
-]
-
-from smoothopt.hessian import NegativeCurvatureEscape  # noqa: E402
-
-__all__ += ["NegativeCurvatureEscape"]
-
-from smoothopt.saddle import PerturbedGD, PhasedRho  # noqa: E402
-
-__all__ += ["PerturbedGD", "PhasedRho"]
-
-from smoothopt.adapt import (  # noqa: E402
+from smoothopt.adapt import (
     BottleneckClassifier,
     CDANLoss,
     DANNLoss,
@@ -83,8 +23,58 @@ from smoothopt.adapt import (  # noqa: E402
     sdat_step,
     vat_loss,
 )
+from smoothopt.hessian import NegativeCurvatureEscape
+from smoothopt.losses import (
+    CDTLoss,
+    CosineClassifier,
+    DeferredReweighting,
+    FocalLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    VSLoss,
+    class_balanced_weights,
+)
+from smoothopt.saddle import PerturbedGD, PhasedRho
+from smoothopt.sam import (
+    GSAM,
+    SAM,
+    EveryKSteps,
+    LookSAM,
+    RandomSteps,
+    freeze_norm_stats,
+    per_replica_first_pass,
+    register_timm,
+)
 
-__all__ += [
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "__version__",
+    # the SAM family
+    "SAM",
+    "GSAM",
+    "LookSAM",
+    "EveryKSteps",
+    "RandomSteps",
+    "freeze_norm_stats",
+    "per_replica_first_pass",
+    "register_timm",
+    # long-tail losses and re-weighting
+    "LDAMLoss",
+    "VSLoss",
+    "LogitAdjustedLoss",
+    "CDTLoss",
+    "FocalLoss",
+    "CosineClassifier",
+    "DeferredReweighting",
+    "class_balanced_weights",
+    # saddle escape
+    "PerturbedGD",
+    "PhasedRho",
+    "NegativeCurvatureEscape",
+    # domain adaptation
     "BottleneckClassifier",
     "CDANLoss",
     "DANNLoss",
