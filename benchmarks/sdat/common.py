@@ -37,7 +37,7 @@ class MLPBackbone(nn.Module):
         return self.net(x)
 
 
-def build_backbone(model: Mapping[str, Any]) -> nn.Module | str:
+def build_backbone(model: Mapping[str, Any]) -> MLPBackbone | str:
     """The backbone a configuration's ``model`` section names.
 
     ``model.backbone == "mlp"`` builds :class:`MLPBackbone` (``in_features``, ``hidden``);

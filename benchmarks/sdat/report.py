@@ -91,6 +91,6 @@ def write_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
 
     lines += ["## Reference numbers (accuracy %)", "", "| source | " + " | ".join(LABELS.values()) + " |",
               "| --- |" + " --- |" * len(LABELS)]
-    for src, nums in PAPER_NUMBERS.items():
-        lines.append(f"| {src} | " + " | ".join(f"{nums[m]:.1f}" if m in nums else "" for m in LABELS) + " |")
+    for origin, nums in PAPER_NUMBERS.items():
+        lines.append(f"| {origin} | " + " | ".join(f"{nums[m]:.1f}" if m in nums else "" for m in LABELS) + " |")
     return "\n".join(lines) + "\n"

@@ -7,21 +7,23 @@ The algorithms come from :mod:`smoothopt.adapt` (losses, gradient reversal, the 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from benchmarks._dist import unwrap, wrap_ddp
 from benchmarks._harness import RunContext
 from benchmarks.sdat.common import accuracy, build_backbone, inverse_decay, rank_generator, seed_everything
 from benchmarks.sdat.data import AdaptationData, forever, make_task
 
+if TYPE_CHECKING:
+    from smoothopt.adapt import BottleneckClassifier, CDANLoss, DANNLoss
+
 logger = logging.getLogger(__name__)
 
 
-def build_classifier(config: dict[str, Any], num_classes: int) -> nn.Module:
+def build_classifier(config: dict[str, Any], num_classes: int) -> BottleneckClassifier:
     """The classifier (backbone, bottleneck, head) of a configuration's ``model`` section."""
     from smoothopt.adapt.classifier import BottleneckClassifier
 
@@ -34,7 +36,9 @@ def build_classifier(config: dict[str, Any], num_classes: int) -> nn.Module:
                                 bottleneck_dim=m["bottleneck"])
 
 
-def build_adversary(config: dict[str, Any], method: str, features_dim: int, num_classes: int, seed: int) -> nn.Module:
+def build_adversary(
+    config: dict[str, Any], method: str, features_dim: int, num_classes: int, seed: int
+) -> DANNLoss | CDANLoss:
     """The adversarial loss module (discriminator inside) of ``method``: DANN or CDAN."""
     from smoothopt.adapt.cdan import CDANLoss
     from smoothopt.adapt.dann import DANNLoss
@@ -58,6 +62,19 @@ def sgd_options(config: dict[str, Any]) -> dict[str, Any]:
     """SGD keyword arguments of a configuration (learning rate, momentum, weight decay, Nesterov)."""
     return {"lr": config["lr"], "momentum": config["momentum"], "weight_decay": config["weight_decay"],
             "nesterov": config["nesterov"]}
+
+
+def _two_optimizers(sam: Any, dopt: torch.optim.Optimizer | None, method: str) -> tuple[Any, torch.optim.Optimizer]:
+    if sam is None or dopt is None:
+        raise RuntimeError(f"{method} needs a SAM optimizer and a discriminator optimizer")
+    return sam, dopt
+
+
+def _need(losses: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    task, adv = losses
+    if adv is None:
+        raise RuntimeError("the forward pass returned no adversarial loss")
+    return task, adv
 
 
 def train_method(config: dict[str, Any], setting: str, method: str, seed: int, ctx: RunContext) -> dict[str, Any]:
@@ -88,14 +105,12 @@ def train_method(config: dict[str, Any], setting: str, method: str, seed: int, c
 
     # Optimizers: the classifier's (SAM for SDAT and the whole-objective control) and the discriminator's.
     sgd = sgd_options(config)
-    groups = unwrap(ddp_model).param_groups(config["lr"], config["model"]["backbone_lr_mult"])
+    groups = model.param_groups(config["lr"], config["model"]["backbone_lr_mult"])
     rho = float(config["rho"][setting])
-    if sdat or method == "dann_sam":
-        opt = SAM(groups, torch.optim.SGD, rho=rho, **sgd)
-    else:
-        opt = torch.optim.SGD(groups, **sgd)
+    sam = SAM(groups, torch.optim.SGD, rho=rho, **sgd) if (sdat or method == "dann_sam") else None
+    opt: torch.optim.Optimizer = sam if sam is not None else torch.optim.SGD(groups, **sgd)
     optimizers = [opt]
-    dopt = None
+    dopt: torch.optim.Optimizer | None = None
     if adv is not None:
         dopt = torch.optim.SGD(unwrap(adv.discriminator).parameters(), **sgd)
         adv.grl.attach(dopt)
@@ -129,22 +144,24 @@ def train_method(config: dict[str, Any], setting: str, method: str, seed: int, c
             return task, loss_adv
 
         if sdat:
-            losses = sdat_step(forward, opt, dopt, trade_off=trade_off,
+            sam_opt, d_opt = _two_optimizers(sam, dopt, method)
+            losses = sdat_step(forward, sam_opt, d_opt, trade_off=trade_off,
                                adversarial_at="perturbed" if config["adv_at_perturbed"] else "clean")
             last = {"task_loss": float(losses.task_loss), "adv_loss": float(losses.adversarial_loss)}
         elif method == "dann_sam":
             # NOTE: the control perturbs the classifier only (the discriminator is the adversary's),
             # but along the gradient of the whole objective: task + trade_off * adversarial.
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            task, loss_adv = forward(True)
+            sam_opt, d_opt = _two_optimizers(sam, dopt, method)
+            sam_opt.zero_grad(set_to_none=True)
+            d_opt.zero_grad(set_to_none=True)
+            task, loss_adv = _need(forward(True))
             (task + trade_off * loss_adv).backward()
-            opt.first_step(zero_grad=True)
-            dopt.zero_grad(set_to_none=True)
-            task2, loss_adv2 = forward(True)
+            sam_opt.first_step(zero_grad=True)
+            d_opt.zero_grad(set_to_none=True)
+            task2, loss_adv2 = _need(forward(True))
             (task2 + trade_off * loss_adv2).backward()
-            dopt.step()
-            opt.second_step(zero_grad=True)
+            d_opt.step()
+            sam_opt.second_step(zero_grad=True)
             last = {"task_loss": task.item(), "adv_loss": loss_adv.item()}
         else:
             for o in optimizers:
