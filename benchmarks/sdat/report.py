@@ -61,6 +61,8 @@ def write_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
     ]
     main = main_setting(config)
     for setting, ms in sorted(config["grid"].items(), key=lambda kv: kv[0] != main):
+        if not any((setting, m) in cells for m in ms):
+            continue  # nothing finished yet (a partial report)
         desc = ", ".join(f"{k} {v}" for k, v in config["settings"][setting].items())
         lines += [f"## Setting `{setting}` ({desc}; rho {config['rho'][setting]})", ""]
         lines += ["| method | target test acc. | source acc. | seeds | CPU s / run |",
