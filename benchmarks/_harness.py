@@ -212,7 +212,7 @@ def run_experiment(
     }
     volatile = {
         "device": str(device),
-        "command": " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks", *sys.argv[1:]]),
+        "command": " ".join(shlex.quote(a) for a in [*_launcher(world_size), "-m", "benchmarks", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch": _torch_version(),
         "python": platform.python_version(),
@@ -268,6 +268,15 @@ def run_experiment(
         write_text(out_dir / "report.md", report + footer)
         logger.info("%s: report written to %s", exp.name, out_dir / "report.md")
     return results
+
+
+def _launcher(world_size: int) -> list[str]:
+    """How the recorded command starts: ``python``, or ``torchrun`` with the process layout it ran at."""
+    if world_size <= 1:
+        return ["python"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = ["--nnodes", str(world_size // per_node)] if per_node < world_size else []
+    return ["torchrun", *nodes, "--nproc-per-node", str(per_node)]
 
 
 def _seed_text(seeds: list[int]) -> str:

@@ -113,9 +113,25 @@ def test_smoke_preset_under_torchrun(tmp_path):
     rec = results["recursive_grid_variance_s0"]["generations"]
     assert [g["generation"] for g in rec] == [1, 2]
     assert (out / "report.md").read_text().startswith("# Mode interpolation")
+    command = json.loads((out / "config.json").read_text())["command"]
+    assert command.startswith("torchrun --nproc-per-node 2 -m benchmarks hallucination --preset smoke")
 
 
 @pytest.mark.parametrize("n,rank,world", [(-1, 0, 1), (5, 2, 2), (5, -1, 2), (5, 0, 0)])
 def test_shard_indices_rejects_bad_arguments(n, rank, world):
     with pytest.raises(ValueError):
         shard_indices(n, rank, world)
+
+
+@pytest.mark.parametrize("world,local,expected", [
+    (1, None, ["python"]),
+    (2, None, ["torchrun", "--nproc-per-node", "2"]),
+    (8, "4", ["torchrun", "--nnodes", "2", "--nproc-per-node", "4"]),
+])
+def test_recorded_command_names_the_launcher(monkeypatch, world, local, expected):
+    from benchmarks._harness import _launcher
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    if local is not None:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert _launcher(world) == expected
