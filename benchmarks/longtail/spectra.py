@@ -166,10 +166,8 @@ def _figures(
             for ax in axes[:, j]:
                 ax.axhline(0, color="grey", lw=0.5)
             axes[1, j].set_xlabel("class (fewer training images to the right)")
-        for ax in axes[1]:
-            ax.set_yscale("symlog", linthresh=1.0)  # one near-empty class can dwarf the others
         axes[0, 0].set_ylabel("lambda_min of H_c")
-        axes[1, 0].set_ylabel("lambda_min / lambda_max (symlog)")
+        axes[1, 0].set_ylabel("lambda_min / lambda_max")
         fig.tight_layout()
         save(fig, name, caption)
 
