@@ -98,6 +98,38 @@ def test_several_vectors_at_once_equal_one_at_a_time(problem, vectorize):
     torch.testing.assert_close(op.matvec(v), one_by_one, rtol=1e-12, atol=1e-12)
 
 
+def make_cnn(seed: int = 0) -> nn.Module:
+    """Two 3x3 convolutions (the second with reflect padding) and a linear head on 1x8x8, 312 parameters."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Tanh(), nn.Flatten(), nn.Linear(64, 5),
+    ).double()
+
+
+@pytest.mark.parametrize("engine", ["graph", "recompute"])
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_batched_products_on_a_cnn_equal_exact_hessian_per_vector(engine, vectorize):
+    # The first convolution (input without gradient) is tapped: its share of H v is back-propagated
+    # from its output gradient; float64 round-off only, so 1e-10 relative to max |H|.
+    model = make_cnn()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (30,), generator=g)
+    h = exact_hessian(model, x, y, forward_mode=False)
+    batches = [(x[:11], y[:11]), (x[11:], y[11:])] if engine == "recompute" else (x, y)
+    op = HessianOperator(model, F.cross_entropy, batches, engine=engine, vectorize=vectorize)
+    plain = HessianOperator(model, F.cross_entropy, batches, engine=engine, conv_shortcut=False)
+    if engine == "graph":
+        assert op._graphs is not None and len(op._graphs[0][0].taps) == 1  # the first convolution only
+    v = torch.randn(4, op.dim, generator=g, dtype=torch.float64)
+    tol = 1e-10 * float(h.abs().max())
+    batched = op.matvec(v)
+    one_by_one = torch.stack([plain.matvec(row) for row in v])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-10, atol=tol)
+    torch.testing.assert_close(batched, v @ h, rtol=1e-10, atol=tol)
+
+
 def test_model_state_left_as_found():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3))
@@ -299,6 +331,20 @@ def test_slq_density_properties(problem):
     assert exact[0] - 1e-8 <= lo and hi <= exact[-1] + 1e-8  # Ritz values interlace the spectrum
     grid, dens = d.smooth(num_points=4000, width=0.01)
     assert abs(float(torch.trapezoid(dens, grid)) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_slq_probes_in_lock_step_equal_one_probe_at_a_time(problem, vectorize):
+    # Same start vectors, one chain each: nodes and weights agree to float64 round-off (1e-9 after
+    # 15 three-term-recurrence steps, whose error grows with the step count).
+    model, x, y, _, _ = problem
+    op = HessianOperator(model, F.cross_entropy, (x, y), vectorize=vectorize)
+    start = rademacher((4, op.dim), generator=torch.Generator().manual_seed(5), dtype=torch.float64, device="cpu")
+    together = slq(op, num_steps=15, num_probes=4, start=start)
+    for b in range(4):
+        alone = slq(op, num_steps=15, num_probes=1, start=start[b : b + 1])
+        torch.testing.assert_close(together.nodes[b : b + 1], alone.nodes, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(together.weights[b : b + 1], alone.weights, rtol=1e-9, atol=1e-12)
 
 
 def test_slq_negative_mass_of_a_known_spectrum():

@@ -9,8 +9,8 @@ synthetic 10-class data (long-tailed, 100 down to 10 samples per class), each br
 Every method sees the whole data set as one in-memory batch (PyHessian's ``data=`` path, which
 reuses the gradient graph like our ``"graph"`` engine). Errors are relative to a converged reference:
 Lanczos with full re-orthogonalisation on a float64 copy of the model (``--ref-steps`` steps, residuals
-below 1e-9 of lambda_max). Timings are interleaved in one process; each cell is the median of
-``--repeats`` runs.
+below 1e-9 of lambda_max). Timings are interleaved in one process (PyHessian and ours alternate); each
+cell is the median of ``--repeats`` runs, in elapsed or in CPU seconds (``--clock``).
 
 PyHessian's ``density()`` calls ``torch.eig``, removed from torch; for this benchmark only, a shim
 returning ``torch.linalg.eigh``'s values in ``torch.eig``'s layout is patched in while it runs
@@ -94,13 +94,30 @@ def _torch_eig_shim() -> Iterator[None]:
             del torch.eig  # type: ignore[attr-defined]
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+CLOCK = CLOCKS["wall"]
+
+
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     times, out = [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         out = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times), out
+
+
+def timed_pair(fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeats: int) -> tuple[float, Any, float, Any]:
+    """Median times of two functions run alternately (a, b, a, b, ...), so that load changes hit both."""
+    ta, tb, out_a, out_b = [], [], None, None
+    for _ in range(repeats):
+        t0 = CLOCK()
+        out_a = fn_a()
+        ta.append(CLOCK() - t0)
+        t0 = CLOCK()
+        out_b = fn_b()
+        tb.append(CLOCK() - t0)
+    return statistics.median(ta), out_a, statistics.median(tb), out_b
 
 
 def rel(a: float, b: float) -> float:
@@ -144,17 +161,17 @@ def run_model(kind: str, args: argparse.Namespace, pyhessian: Any) -> dict[str, 
     # top-1 and top-5: PyHessian's defaults (maxIter=100, tol=1e-3) against Lanczos.
     for k, steps in ((1, args.lanczos_steps_top1), (5, args.lanczos_steps)):
         torch.manual_seed(0)
-        t_py, (vals, _) = timed(lambda k=k: py_obj().eigenvalues(top_n=k), args.repeats)
-        t_ours, ours = timed(lambda k=k, s=steps: lanczos(ours_op(), k, which="top", max_steps=s, tol=0.0, seed=0),
-                             args.repeats)
+        t_py, (vals, _), t_ours, ours = timed_pair(
+            lambda k=k: py_obj().eigenvalues(top_n=k),
+            lambda k=k, s=steps: lanczos(ours_op(), k, which="top", max_steps=s, tol=0.0, seed=0), args.repeats)
         err_py = max(rel(v, r) for v, r in zip(vals, top5[:k]))
         err_ours = max(rel(v, r) for v, r in zip(ours.top.tolist(), top5[:k]))
         record(f"top-{k}", t_py, t_ours, err_py, err_ours, f"(Lanczos {steps} steps)")
 
     # trace, 100 Rademacher probes each (PyHessian's tol=0 disables its early stop).
     torch.manual_seed(0)
-    t_py, samples = timed(lambda: py_obj().trace(maxIter=args.trace_probes, tol=0.0), args.repeats)
-    t_ours, est = timed(lambda: hutchinson(ours_op(), args.trace_probes, seed=0), args.repeats)
+    t_py, samples, t_ours, est = timed_pair(lambda: py_obj().trace(maxIter=args.trace_probes, tol=0.0),
+                                            lambda: hutchinson(ours_op(), args.trace_probes, seed=0), args.repeats)
     py_mean = statistics.fmean(samples)
     py_se = statistics.stdev(samples) / math.sqrt(len(samples))
     res["trace"] = {"pyhessian": [py_mean, py_se], "ours": [est.trace, est.stderr]}
@@ -166,9 +183,9 @@ def run_model(kind: str, args: argparse.Namespace, pyhessian: Any) -> dict[str, 
     # density: 4 probes of 100 Lanczos steps; error = largest node against lambda_max.
     torch.manual_seed(0)
     with _torch_eig_shim():
-        t_py, (nodes, weights) = timed(lambda: py_obj().density(iter=args.density_steps, n_v=args.density_probes),
-                                       args.repeats)
-    t_ours, dens = timed(lambda: slq(ours_op(), args.density_steps, args.density_probes, seed=0), args.repeats)
+        t_py, (nodes, weights), t_ours, dens = timed_pair(
+            lambda: py_obj().density(iter=args.density_steps, n_v=args.density_probes),
+            lambda: slq(ours_op(), args.density_steps, args.density_probes, seed=0), args.repeats)
     py_top = max(max(row) for row in nodes)
     py_m1 = statistics.fmean(sum(w * t for w, t in zip(wr, nr)) for wr, nr in zip(weights, nodes))
     res["density"] = {"pyhessian_top_node": py_top, "ours_top_node": dens.spectral_range[1],
@@ -237,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density-probes", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of the per-class comparison")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed seconds; process: CPU seconds of this process, which other jobs "
+                             "sharing the cores do not inflate (default wall)")
     parser.add_argument("--out", type=Path, default=Path("runs/perf/hessian"))
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     try:
         import pyhessian

@@ -125,6 +125,7 @@ def slq(
     *,
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = False,
+    start: Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     breakdown_tol: float = 1e-10,
@@ -139,6 +140,7 @@ def slq(
         reorthogonalize: Full re-orthogonalisation (memory ``num_probes * num_steps * n``). Without it
             converged Ritz values may appear more than once, sharing the weight of one eigenvalue,
             which leaves the quadrature's moments and the smoothed density intact.
+        start: Probes of shape ``(num_probes, n)`` to use instead of drawing them (normalised here).
         generator: Random generator for the probes.
         seed: Seed for a fresh CPU generator.
         breakdown_tol: Relative breakdown tolerance, see :class:`~smoothopt.hessian.lanczos.LanczosChains`.
@@ -161,7 +163,12 @@ def slq(
     num_steps = min(check_int("num_steps", num_steps, 1), n)
     gen = make_generator(generator, seed)
     draw = rademacher if probe == "rademacher" else gaussian
-    start = draw((num_probes, n), generator=gen, dtype=dtype, device=device)
+    if start is None:
+        start = draw((num_probes, n), generator=gen, dtype=dtype, device=device)
+    elif start.shape != (num_probes, n):
+        raise ValueError(f"start must have shape ({num_probes}, {n}), got {tuple(start.shape)}")
+    else:
+        start = start.to(device=device, dtype=dtype)
 
     # Step 1: num_probes Lanczos chains in lock step, one batched product per step.
     chains = LanczosChains(start, reorthogonalize=reorthogonalize, breakdown_tol=breakdown_tol)
