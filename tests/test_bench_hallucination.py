@@ -7,6 +7,7 @@ paper's normalisation of the 2D grid.
 
 import gzip
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -220,6 +221,12 @@ def test_frechet_distance_of_shifted_gaussians():
     shift = torch.tensor([2.0, 0.0, 1.0])
     # Same covariance, mean shifted: the distance is ||shift||^2 = 5 exactly.
     assert frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)
+    # Dead features make the covariance product singular: regularised, no warning, still ||shift||^2.
+    dead = torch.zeros(50, 4)
+    dead[:, 0] = torch.randn(50, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet_distance(dead, dead + 1.0) == pytest.approx(4.0, abs=1e-4)
 
 
 def test_cosine_lr_endpoints():

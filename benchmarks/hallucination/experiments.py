@@ -324,15 +324,29 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
     .. math::
         \lVert \mu_a - \mu_b \rVert^2 + \operatorname{tr}(\Sigma_a + \Sigma_b - 2 (\Sigma_a \Sigma_b)^{1/2})
+
+    Note:
+        When the covariance product is singular (too few samples, dead features), both
+        covariances get ``1e-6`` added to their diagonals before the square root, as FID does.
     """
+    import warnings
+
+    import numpy as np
     from scipy import linalg
 
     a64, b64 = a.double().numpy(), b.double().numpy()
     mu_a, mu_b = a64.mean(0), b64.mean(0)
     cov_a = torch.from_numpy(a64).T.cov().numpy()
     cov_b = torch.from_numpy(b64).T.cov().numpy()
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    covmean = covmean.real if hasattr(covmean, "real") else covmean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", linalg.LinAlgWarning)
+        try:
+            covmean = linalg.sqrtm(cov_a @ cov_b)
+        except (linalg.LinAlgWarning, linalg.LinAlgError):
+            offset = 1e-6 * np.eye(cov_a.shape[0])
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
     return float(((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2.0 * covmean.trace())
 
 
