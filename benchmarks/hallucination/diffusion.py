@@ -37,6 +37,9 @@ class LinearSchedule(nn.Module):
         beta_end: ``beta_{T-1}``.
     """
 
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-3, beta_end: float = 0.2) -> None:
         super().__init__()
         if num_train_timesteps < 2:

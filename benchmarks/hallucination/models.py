@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,6 +11,8 @@ from torch import nn
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of the timestep ``t`` into ``dim`` features."""
+
+    freqs: torch.Tensor
 
     def __init__(self, dim: int, max_period: float = 10_000.0) -> None:
         super().__init__()
@@ -91,7 +94,7 @@ class ShapesUNet(nn.Module):
 
         if size % 4:
             raise ValueError(f"size must be a multiple of 4, got {size}")
-        self.unet = UNet2DModel(
+        self.unet: Any = UNet2DModel(
             sample_size=size,
             in_channels=1,
             out_channels=1,

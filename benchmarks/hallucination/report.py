@@ -129,9 +129,9 @@ def build_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
                       f"{_mean_sd(r['hallucinated']['detection'][w]['removal_at_retention'] for r in rows)}"
                       for w in config["shapes"]["windows"]) + ".", ""]
     for which in ("grid", "digits"):
-        arms = {arm: groups.get(f"recursive_{which}_{arm}") for arm in ("variance", "random")}
-        if not all(arms.values()):
+        if not all(f"recursive_{which}_{arm}" in groups for arm in ("variance", "random")):
             continue
+        arms = {arm: groups[f"recursive_{which}_{arm}"] for arm in ("variance", "random")}
         metric = "hallucinated_drawn" if which == "grid" else "frechet_drawn"
         kept = "hallucinated_kept" if which == "grid" else "frechet_kept"
         pct = which == "grid"

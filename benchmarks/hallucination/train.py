@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from benchmarks._dist import gather_objects, rank_and_world, shard_indices, unwrap, wrap_ddp
 from benchmarks.hallucination.diffusion import LinearSchedule, StepObserver, ddpm_sample, diffusion_loss
+
+
+class ScoredObserver(StepObserver, Protocol):
+    """A :class:`StepObserver` that turns what it saw into one score per sample."""
+
+    def scores(self) -> torch.Tensor:
+        """``(batch,)`` scores, higher = more likely hallucinated."""
 
 
 def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
@@ -75,7 +82,7 @@ def sample_scored(
     n: int,
     item_shape: Sequence[int],
     *,
-    make_observers: Callable[[], dict[str, StepObserver]],
+    make_observers: Callable[[], dict[str, ScoredObserver]],
     seed: int,
     device: torch.device,
     start: int = 300,
