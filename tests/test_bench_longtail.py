@@ -272,4 +272,5 @@ def test_smoke_preset_runs_and_reports(tmp_path):
     for k in trains:
         assert len(results[k]["per_class"]) == 10
     if any(k.startswith("spectrum_") for k in results):
-        assert (out / "figures" / "longtail_lambda_min.png").exists()
+        assert (out / "figures" / "longtail_sam_lambda_min.png").exists()
+        assert (out / "figures" / "longtail_density_ldam_drw_final.png").exists()
