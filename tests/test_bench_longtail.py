@@ -256,6 +256,15 @@ def test_presets_are_complete(preset):
     assert keys[0].startswith("train_") and all(parse_key(k)[0] in ("train", "spectrum") for k in keys)
 
 
+def test_paper_preset_takes_list_file_overrides():
+    from benchmarks._harness import resolve_config
+
+    cfg = resolve_config(EXPERIMENT, "paper", {"data.name": "imagenet-lt", "data.root": "/x", "data.train_list": "a",
+                                               "data.test_list": "b", "model": "resnet50"})
+    keys = units(cfg, [0, 1, 2])
+    assert keys and not any(k.startswith("spectrum_") for k in keys)  # no spectra on list-file data
+
+
 def test_parse_key_round_trip():
     assert parse_key("train_ldam_drw_sam_seed12") == ("train", "ldam_drw_sam", None, 12)
     assert parse_key("spectrum_vs_sam_predrw_seed0") == ("spectrum", "vs_sam", "predrw", 0)

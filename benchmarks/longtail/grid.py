@@ -121,7 +121,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "spectra": _SPECTRA,
     },
     "paper": {
-        "data": {"name": "cifar10-lt", "imbalance_factor": 100, "root": None},
+        # ImageNet-LT / iNaturalist: --set data.name=imagenet-lt data.root=... data.train_list=... data.test_list=...
+        "data": {"name": "cifar10-lt", "imbalance_factor": 100, "root": None, "train_list": None, "test_list": None},
         "model": "resnet32",
         "train": dict(_RECIPE),
         "losses": {"ldam": {"max_m": 0.5, "s": 30.0}, "vs": {"gamma": 0.3, "tau": 1.0}},
@@ -164,7 +165,8 @@ def units(config: dict[str, Any], seeds: list[int]) -> list[str]:
     for seed in seeds:
         keys += [f"train_{m}_seed{seed}" for m in paired]
     spectra = config["spectra"]
-    if spectra_available():
+    # NOTE: the class-wise spectra need the training set in memory, which the list-file sets are not.
+    if spectra_available() and config["data"]["name"] not in ("imagenet-lt", "inat2018"):
         for seed in spectra["seeds"]:
             if seed not in seeds:
                 continue
