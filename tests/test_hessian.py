@@ -98,23 +98,24 @@ def test_several_vectors_at_once_equal_one_at_a_time(problem, vectorize):
     torch.testing.assert_close(op.matvec(v), one_by_one, rtol=1e-12, atol=1e-12)
 
 
-def make_cnn(seed: int = 0) -> nn.Module:
-    """Two 3x3 convolutions (the second with reflect padding) and a linear head on 1x8x8, 312 parameters."""
+def make_cnn(groups: int, seed: int = 0) -> nn.Module:
+    """Two 3x3 convolutions (the first grouped, the second with reflect padding) and a linear head on 2x8x8."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Tanh(), nn.Flatten(), nn.Linear(64, 5),
+        nn.Conv2d(2, 4, 3, padding=1, groups=groups), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Tanh(), nn.Flatten(), nn.Linear(64, 5),
     ).double()
 
 
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("engine", ["graph", "recompute"])
 @pytest.mark.parametrize("vectorize", [False, True])
-def test_batched_products_on_a_cnn_equal_exact_hessian_per_vector(engine, vectorize):
+def test_batched_products_on_a_cnn_equal_exact_hessian_per_vector(engine, vectorize, groups):
     # The first convolution (input without gradient) is tapped: its share of H v is back-propagated
     # from its output gradient; float64 round-off only, so 1e-10 relative to max |H|.
-    model = make_cnn()
+    model = make_cnn(groups)
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(30, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = torch.randn(30, 2, 8, 8, generator=g, dtype=torch.float64)
     y = torch.randint(0, 5, (30,), generator=g)
     h = exact_hessian(model, x, y, forward_mode=False)
     batches = [(x[:11], y[:11]), (x[11:], y[11:])] if engine == "recompute" else (x, y)

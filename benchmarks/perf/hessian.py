@@ -144,6 +144,8 @@ def run_model(kind: str, args: argparse.Namespace, pyhessian: Any) -> dict[str, 
     top5 = ref.top.tolist()
 
     def py_obj():
+        # PyHessian draws its vectors from the global generator: the same ones in every repeat.
+        torch.manual_seed(0)
         model.zero_grad(set_to_none=True)
         return pyhessian.hessian(model, F.cross_entropy, data=(x, y), cuda=False)
 

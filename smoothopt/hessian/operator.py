@@ -449,10 +449,16 @@ def _tap_cotangent(tap: _Tap, pieces: list[Tensor]) -> Tensor:
     conv = tap.module
     v_w = pieces[tap.weight]  # (k, *weight.shape)
     v_b = None if tap.bias is None else pieces[tap.bias]
-    rows = []
+    k, out_channels = v_w.shape[0], v_w.shape[1]
     with torch.no_grad():
-        for j in range(v_w.shape[0]):
-            rows.append(conv._conv_forward(tap.inputs, v_w[j], None if v_b is None else v_b[j]))  # type: ignore[operator]
+        if conv.groups == 1:
+            # All k tangents as one convolution with k * out_channels filters.
+            z = conv._conv_forward(  # type: ignore[operator]
+                tap.inputs, v_w.reshape(k * out_channels, *v_w.shape[2:]), None if v_b is None else v_b.reshape(-1)
+            )
+            return z.unflatten(1, (k, out_channels)).movedim(1, 0)
+        rows = [conv._conv_forward(tap.inputs, v_w[j], None if v_b is None else v_b[j])  # type: ignore[operator]
+                for j in range(k)]
     return torch.stack(rows)
 
 
