@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from smoothopt._validation import check_int, check_real
+from smoothopt._wrapping import bind_base_optimizer
 from smoothopt.sam._foreach import global_norm
 
 __all__ = ["PerturbedGD"]
@@ -140,33 +141,8 @@ class PerturbedGD(Optimizer):
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
 
-        if isinstance(base_optimizer, Optimizer):
-            if base_kwargs:
-                raise TypeError(
-                    f"base_kwargs {sorted(base_kwargs)} cannot be applied to an optimizer instance; pass the class "
-                    "instead, or configure the instance before wrapping it"
-                )
-            super().__init__(params, {})
-            held = {p for g in base_optimizer.param_groups for p in g["params"]}
-            mine = [p for g in self.param_groups for p in g["params"]]
-            for i, p in enumerate(mine):
-                if p not in held:
-                    raise ValueError(
-                        f"params[{i}] (shape {tuple(p.shape)}) is not held by base_optimizer "
-                        f"{type(base_optimizer).__name__}; build the base optimizer over it or leave it out of params"
-                    )
-            self._only: set[Tensor] | None = None if len(set(mine)) == len(held) else set(mine)
-            self.base_optimizer = base_optimizer
-        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
-            super().__init__(params, {})
-            self._only = None
-            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
-        else:
-            raise TypeError(
-                "base_optimizer must be a torch.optim.Optimizer subclass or instance, "
-                f"got {type(base_optimizer).__name__}"
-            )
-        self.param_groups = self.base_optimizer.param_groups
+        self.base_optimizer: Optimizer  # set by bind_base_optimizer, which shares its param_groups
+        self._only: set[Tensor] | None = bind_base_optimizer(self, params, base_optimizer, {}, base_kwargs)
 
     def _params_with_grad(self) -> list[Tensor]:
         return [

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from smoothopt._validation import check_real
+from smoothopt._wrapping import bind_base_optimizer
 from smoothopt.sam._foreach import bucket, global_norm, scale_, split_sparse
 
 __all__ = ["SAM", "Rho"]
@@ -151,44 +152,20 @@ class SAM(Optimizer):
         self._perturbed: list[tuple[list[Tensor], list[Tensor]]] = []
         self._backup: dict[Tensor, Tensor] = {}
         self._backup_lists: dict[tuple[int, ...], list[Tensor]] = {}
-        self._only: set[Tensor] | None = None
 
+        user_params: list[Any] = list(params)
         if isinstance(base_optimizer, Optimizer):
-            if base_kwargs:
-                raise TypeError(
-                    f"base_kwargs {sorted(base_kwargs)} cannot be applied to an optimizer instance; pass the class "
-                    "instead, or configure the instance before wrapping it"
-                )
-            user_params: list[Any] = list(params)
             for i, g in enumerate(user_params):
                 if isinstance(g, dict) and any(k in g for k in _SAM_OPTIONS):
                     raise ValueError(
                         f"params[{i}] sets {sorted(k for k in _SAM_OPTIONS if k in g)}, which cannot be mapped onto "
                         "the groups of an optimizer instance; set them on sam.param_groups after construction"
                     )
-            super().__init__(user_params, defaults)
-            held = {p for g in base_optimizer.param_groups for p in g["params"]}
-            mine = [p for g in self.param_groups for p in g["params"]]
-            for i, p in enumerate(mine):
-                if p not in held:
-                    raise ValueError(
-                        f"params[{i}] (shape {tuple(p.shape)}) is not held by base_optimizer "
-                        f"{type(base_optimizer).__name__}; build the base optimizer over it or leave it out of params"
-                    )
-            self._only = None if len(set(mine)) == len(held) else set(mine)
-            self.base_optimizer = base_optimizer
-            for g in base_optimizer.param_groups:
-                for k, v in defaults.items():
-                    g.setdefault(k, v)
-        elif isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer):
-            super().__init__(params, defaults)
-            self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
-        else:
-            raise TypeError(
-                "base_optimizer must be a torch.optim.Optimizer subclass or instance, "
-                f"got {type(base_optimizer).__name__}"
-            )
-        self.param_groups = self.base_optimizer.param_groups
+        self.base_optimizer: Optimizer  # set by bind_base_optimizer, which shares its param_groups
+        self._only: set[Tensor] | None = bind_base_optimizer(self, user_params, base_optimizer, defaults, base_kwargs)
+        for g in self.param_groups:
+            for k, v in defaults.items():
+                g.setdefault(k, v)
         for i, g in enumerate(self.param_groups):
             g["rho"] = _check_rho(g["rho"], f"param_groups[{i}]['rho']")
 
