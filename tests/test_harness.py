@@ -121,3 +121,23 @@ def test_paired_comparison_against_hand_values():
 
 def test_registry_names_modules():
     assert set(_harness.EXPERIMENTS) == {"hallucination", "longtail", "sdat", "s3vaada"}
+
+
+def test_paired_t_treats_rounding_noise_as_constant():
+    # Differences equal up to float rounding: a naive t statistic would be ~1e15 and p ~ 1e-30.
+    a = [0.1 + 0.2, 0.3, 0.7 + 0.2, 0.9]
+    b = [0.2, 0.2, 0.8, 0.8]
+    c = paired_comparison(a, b, n_boot=100)
+    assert c["p_ttest"] == 0.0  # a constant, non-zero difference: certain, not absurd
+    c0 = paired_comparison([0.1 + 0.2, 0.3], [0.3, 0.1 + 0.2], n_boot=100)
+    assert c0["p_ttest"] == 1.0
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
