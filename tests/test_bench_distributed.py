@@ -1,9 +1,7 @@
 """The harness's distributed side: sharding, DDP training and gathered sampling on two gloo processes."""
 
-import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import free_port, init_gloo, run_ranks
 
 from benchmarks._dist import gather_objects, shard_indices
 
@@ -31,16 +29,8 @@ def test_single_process_helpers_degrade():
     assert shard_indices(5).tolist() == [0, 1, 2, 3, 4]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         from benchmarks.hallucination.data import grid_2d
         from benchmarks.hallucination.diffusion import LinearSchedule
@@ -67,18 +57,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.distributed
 def test_ddp_training_keeps_ranks_in_step_and_sampling_gathers(tmp_path):
     out = tmp_path / "gathered.pt"
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(out))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            pytest.fail("a gloo worker did not finish within 240 s")
-        assert p.exitcode == 0
+    run_ranks(_worker, str(out), timeout_s=240)
     a, b = torch.load(out, weights_only=False)
     assert [a["rank"], b["rank"]] == [0, 1]
     # DDP averaged the gradients, so both ranks hold the same weights after training.
@@ -94,7 +73,7 @@ def test_ddp_training_keeps_ranks_in_step_and_sampling_gathers(tmp_path):
 def test_smoke_preset_under_torchrun(tmp_path):
     """``torchrun --nproc-per-node 2 -m benchmarks hallucination --preset smoke --device cpu`` on gloo."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "benchmarks", "hallucination", "--preset", "smoke", "--device", "cpu", "--out", str(tmp_path),
            "--no-progress", "--set", "shapes.enabled=false", "--set", "recursive_digits.enabled=false"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)

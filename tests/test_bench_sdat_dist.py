@@ -6,27 +6,17 @@ accuracies and labelled sets.
 """
 
 import json
-import socket
-import time
 
 import pytest
-import torch
-import torch.multiprocessing as mp
+from _gloo import init_gloo, run_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         from pathlib import Path
 
@@ -47,13 +37,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_training_loops_agree_across_two_ranks(tmp_path):
-    procs = mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not procs.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in procs.processes:
-                p.terminate()
-            pytest.fail("distributed SDAT/S3VAADA workers did not finish within 240 s")
+    run_ranks(_worker, str(tmp_path), timeout_s=240)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     for m in ("cdan_mcc_sdat", "dann_sam"):

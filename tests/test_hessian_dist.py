@@ -5,15 +5,10 @@ Reference: the same operator in one process holding all the data (no golden numb
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import init_gloo, run_ranks
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,16 +27,8 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(30, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_gloo(rank, world, port)
     results = {}
     try:
         for engine in ("graph", "recompute"):
@@ -69,13 +56,7 @@ def _products(rank: int, engine: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("dist") / "rank0.pt")
-    ctx = mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=5):  # True once every worker is joined; raises if one failed
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail("the two gloo workers did not finish within 180 s")
+    run_ranks(_worker, out, timeout_s=180)
     return torch.load(out)
 
 

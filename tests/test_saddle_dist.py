@@ -6,15 +6,10 @@ the two ranks' gradients equals the gradient of the whole batch when the halves 
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import init_gloo, run_ranks
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,16 +41,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[tor
     return [p.detach().clone() for p in model.parameters()], opt.num_perturbations
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    init_gloo(rank, world, port)
     try:
         x, y = _data()
         half = slice(0, 8) if rank == 0 else slice(8, 16)
@@ -71,13 +58,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_replicas_stay_identical_and_match_one_process(tmp_path):
     out = str(tmp_path / "ranks.pt")
-    ctx = mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=5):  # True once every worker is joined; raises if one failed
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.terminate()
-            pytest.fail("the two gloo workers did not finish within 120 s")
+    run_ranks(_worker, out, timeout_s=120)
     (p0, n0), (p1, n1) = torch.load(out)
     assert n0 == n1 == 3  # steps 0, 2, 4
     for a, b in zip(p0, p1):

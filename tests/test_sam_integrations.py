@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import init_gloo, run_ranks
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -41,10 +40,7 @@ def _sam_steps(model, sam, batches, no_sync_first=False):
 
 
 def _ddp_worker(rank, world, port, out):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         for no_sync_first in (False, True):
             model = nn.parallel.DistributedDataParallel(_net())
@@ -57,23 +53,10 @@ def _ddp_worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ddp_two_processes_against_one(tmp_path):
-    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
-    for _ in range(30):  # 5 minutes at most
-        if ctx.join(timeout=10):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail("the two gloo workers did not finish within 5 minutes")
+    run_ranks(_ddp_worker, str(tmp_path), timeout_s=300)
     single = _net()
     sam = SAM(single.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, momentum=0.9)
     _sam_steps(single, sam, _data())
