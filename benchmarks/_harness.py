@@ -20,7 +20,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,6 +106,28 @@ class Experiment:
     units: Callable[[dict[str, Any], list[int]], list[str]]
     run_unit: Callable[[dict[str, Any], str, RunContext], dict[str, Any]]
     report: Callable[[dict[str, Any], dict[str, dict[str, Any]], RunContext], str]
+
+
+def tiered_units(
+    grid: Mapping[str, Sequence[str]], seeds: Sequence[int], first: str, headline: Collection[str]
+) -> list[str]:
+    """Unit keys ``"{group}__{member}__seed{s}"`` ordered so that an interrupted run has the key cells.
+
+    Tier 0 is the ``headline`` members of the ``first`` group for every seed, tier 1 the rest of that
+    group, tier 2 every other group.
+    """
+
+    def tier(group: str, member: str) -> int:
+        return 2 if group != first else (0 if member in headline else 1)
+
+    return [
+        f"{group}__{member}__seed{s}"
+        for t in range(3)
+        for s in seeds
+        for group, members in grid.items()
+        for member in members
+        if tier(group, member) == t
+    ]
 
 
 def load_experiment(name: str) -> Experiment:
@@ -248,9 +270,11 @@ def run_experiment(
         if unit_path.exists():
             results[key] = read_json(unit_path)
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = exp.run_unit(config, key, ctx)
-        result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
+        # CPU seconds of this process are the unit's cost on a shared machine, where wall time is not.
+        wall_s, cpu_s = round(time.perf_counter() - t0, 3), round(time.process_time() - c0, 3)
+        result = {**result, "wall_s": wall_s, "cpu_s": cpu_s}
         if rank == 0:
             write_json(unit_path, result)
         results[key] = result

@@ -141,3 +141,16 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_tiered_units_put_headline_cells_first():
+    from benchmarks._harness import tiered_units
+
+    grid = {"a": ["x", "y"], "b": ["x"]}
+    keys = tiered_units(grid, [0, 1], first="a", headline={"y"})
+    assert keys == ["a__y__seed0", "a__y__seed1", "a__x__seed0", "a__x__seed1", "b__x__seed0", "b__x__seed1"]
+
+
+def test_units_record_cpu_and_wall_seconds(tmp_path):
+    results = _run(tmp_path)
+    assert all(r["cpu_s"] >= 0 and r["wall_s"] >= 0 for r in results.values())

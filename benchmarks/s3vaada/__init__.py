@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks._harness import Experiment, RunContext
+from benchmarks._harness import Experiment, RunContext, tiered_units
 
 STRATEGIES = ("random", "entropy", "margin", "s3", "s3_margin")
 TRAINERS = ("vaada", "dann")
@@ -125,25 +125,14 @@ def _units(config: dict[str, Any], seeds: list[int]) -> list[str]:
     # strategies, then the other trainers; an interrupted run has the most important cells complete.
     grid = config["grid"]
     first = max(grid, key=lambda k: (len(grid[k]), -list(grid).index(k)))  # the trainer with most strategies
-    units = []
-    for tier in range(3):
-        for s in seeds:
-            for t, sts in config["grid"].items():
-                for st in sts:
-                    rank = 2 if t != first else (0 if st in HEADLINE else 1)
-                    if rank == tier:
-                        units.append(f"{t}__{st}__seed{s}")
-    return units
+    return tiered_units(grid, seeds, first, HEADLINE)
 
 
 def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:
     from benchmarks.s3vaada.train import run_active
 
     trainer, strategy, seed = key.split("__")
-    cpu0 = time.process_time()
-    result = run_active(config, trainer, strategy, int(seed.removeprefix("seed")), ctx)
-    # CPU seconds of this (single-threaded) process: the cost on a shared machine, where wall time is not.
-    return {**result, "cpu_s": round(time.process_time() - cpu0, 2)}
+    return run_active(config, trainer, strategy, int(seed.removeprefix("seed")), ctx)
 
 
 def _report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunContext) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks._harness import Experiment, RunContext
+from benchmarks._harness import Experiment, RunContext, tiered_units
 
 METHODS = ("source_only", "dann", "dann_sdat", "dann_sam", "cdan", "cdan_sdat", "cdan_mcc", "cdan_mcc_sdat")
 LABELS = {
@@ -123,26 +123,14 @@ def _units(config: dict[str, Any], seeds: list[int]) -> list[str]:
     # Order of work: the methods of the headline comparisons on the first setting for every seed,
     # then the rest of the first setting, then the other settings; an interrupted run has the
     # most important cells complete.
-    first = main_setting(config)
-    units = []
-    for tier in range(3):
-        for s in seeds:
-            for setting, ms in config["grid"].items():
-                for method in ms:
-                    t = 2 if setting != first else (0 if method in HEADLINE else 1)
-                    if t == tier:
-                        units.append(f"{setting}__{method}__seed{s}")
-    return units
+    return tiered_units(config["grid"], seeds, main_setting(config), HEADLINE)
 
 
 def _run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:
     from benchmarks.sdat.train import train_method
 
     setting, method, seed = key.split("__")
-    cpu0 = time.process_time()
-    result = train_method(config, setting, method, int(seed.removeprefix("seed")), ctx)
-    # CPU seconds of this (single-threaded) process: the cost on a shared machine, where wall time is not.
-    return {**result, "cpu_s": round(time.process_time() - cpu0, 2)}
+    return train_method(config, setting, method, int(seed.removeprefix("seed")), ctx)
 
 
 def _report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx: RunContext) -> str:

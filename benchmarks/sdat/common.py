@@ -129,3 +129,4 @@ def plot_paired_differences(diffs: Mapping[str, Sequence[float]], path: Path, ti
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
