@@ -29,32 +29,19 @@ import numpy as np
 import torch
 
 from benchmarks._io import write_json
+from benchmarks.perf._memory import reset_peak_rss, status_kib
 
 MiB = 2.0**20
 # Schedulers whose step() accepts the generator that DDPMPipeline passes (Heun's and UniPC's do not).
 SCHEDULERS = ("ddpm", "ddim", "euler", "euler_ancestral", "dpmsolver++", "flow_euler")
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _peak_rss_rise_mib(fn) -> tuple[float, str]:
-    rss0 = _status_kib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = rss0 is not None
-    except OSError:
-        reset = False
+    rss0 = status_kib("VmRSS")
+    reset = rss0 is not None and reset_peak_rss()
     fn()
     if reset:
-        return max((_status_kib("VmHWM") - rss0) / 1024, 0.0), "VmHWM after clear_refs reset minus VmRSS before"
+        return max((status_kib("VmHWM") - rss0) / 1024, 0.0), "VmHWM after clear_refs reset minus VmRSS before"
     return float("nan"), "unavailable (no /proc/self/clear_refs)"
 
 

@@ -25,32 +25,15 @@ from pathlib import Path
 import torch
 
 from benchmarks._io import write_json
+from benchmarks.perf._memory import reset_peak_rss, status_kib
 
 MiB = 2.0**20
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def measure(fn, *args, **kwargs):
     """Run ``fn`` once; return (result, wall s, CPU s, peak RSS rise in MiB, peak traced Python MiB, method)."""
-    rss0 = _status_kib("VmRSS")
-    reset = rss0 is not None and _reset_peak()
+    rss0 = status_kib("VmRSS")
+    reset = rss0 is not None and reset_peak_rss()
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -58,7 +41,7 @@ def measure(fn, *args, **kwargs):
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    hwm = _status_kib("VmHWM") if reset else None
+    hwm = status_kib("VmHWM") if reset else None
     if hwm is not None and rss0 is not None:
         rise = (hwm - rss0) / 1024
         method = "VmHWM after /proc/self/clear_refs reset, minus VmRSS before"
