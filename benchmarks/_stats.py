@@ -92,3 +92,51 @@ COMPARISON_HEADER = (
     "| p (paired t) | p (Wilcoxon) | A wins |\n"
     "| --- | --- | --- | --- | --- | --- | --- |"
 )
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean of independent replicates with its Student-t confidence interval.
+
+    Returns:
+        ``mean``, ``sd`` (ddof 1), ``low``, ``high`` and ``n``; with one value the interval is that value.
+
+    Raises:
+        ValueError: If ``values`` is empty or ``confidence`` is not in ``(0, 1)``.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size < 1:
+        raise ValueError(f"values must be a non-empty 1-D sequence, got shape {x.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return {"mean": mean, "sd": 0.0, "low": mean, "high": mean, "n": 1}
+    from scipy import stats
+
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sd / math.sqrt(x.size)
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": int(x.size)}
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Difference of two means from independent replicates (``a - b``), Welch's interval and two-sided p.
+
+    Raises:
+        ValueError: If either sample has fewer than 2 values or ``confidence`` is not in ``(0, 1)``.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2:
+        raise ValueError(f"a and b need at least 2 values each, got {x.size} and {y.size}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    from scipy import stats
+
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    diff = float(x.mean() - y.mean())
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return {"diff": diff, "low": diff, "high": diff, "p": 1.0 if diff == 0.0 else 0.0}
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df=df))
+    return {"diff": diff, "low": diff - half, "high": diff + half, "p": p}

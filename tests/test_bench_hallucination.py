@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks._stats import mean_interval, welch_interval
 from benchmarks.hallucination import data as D
 from benchmarks.hallucination import labels as L
 from benchmarks.hallucination.diffusion import LinearSchedule, ddpm_sample, diffusion_loss
-from benchmarks.hallucination.experiments import frechet_distance, unit_keys
+from benchmarks.hallucination.experiments import _means_tag, frechet_distance, select_window, unit_keys
 from benchmarks.hallucination.models import ShapesUNet, ToyDenoiser
-from benchmarks.hallucination.train import cosine_lr
+from benchmarks.hallucination.train import cosine_lr, ema_update_, train_denoiser
 
 
 def mixture_eps(means, std, schedule):
@@ -240,6 +241,87 @@ def test_unit_keys_cover_every_part():
 
     cfg = EXPERIMENT.presets["cpu"]
     keys = unit_keys(cfg, [0])
-    assert "oned_m123_n1000_s0" in keys and "oned_m1245_n20000_s0" in keys
+    reps = cfg["oned"]["replicates"]
+    assert reps > 1
+    assert "oned_m123_n1000_r0_s0" in keys and f"oned_m1245_n20000_r{reps - 1}_s0" in keys
+    assert f"oned_m1245_n20000_r{reps}_s0" not in keys
+    assert "oned_mn125_n20000_r0_s0" in keys  # three modes at spacing 3, centred on 2
     assert {"grid_s0", "grid_rotated_s0", "shapes_s0", "recursive_digits_random_s0"} <= set(keys)
     assert len(keys) == len(set(keys))
+
+
+def test_means_tag_is_file_name_safe():
+    assert _means_tag([1, 2, 3]) == "123"
+    assert _means_tag([-1, 2, 5]) == "n125"
+    assert _means_tag([0.5, 2]) == "0p52"
+
+
+def test_ema_update_matches_the_closed_form():
+    # After values c_1..c_n: d^n a_0 + sum_k (1 - d) d^(n - k) c_k.
+    d, a0, cs = 0.9, 2.0, [1.0, -3.0, 0.5, 4.0]
+    a = [torch.tensor([a0], dtype=torch.float64)]
+    for c in cs:
+        ema_update_(a, [torch.tensor([c], dtype=torch.float64)], d)
+    n = len(cs)
+    expected = d**n * a0 + sum((1 - d) * d ** (n - k) * c for k, c in enumerate(cs, start=1))
+    assert float(a[0]) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_rejects_decay_outside_unit_interval(decay):
+    with pytest.raises(ValueError, match="decay"):
+        ema_update_([torch.zeros(1)], [torch.ones(1)], decay)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_denoiser(ToyDenoiser(1, width=8, num_blocks=1), torch.zeros(4, 1), LinearSchedule(), steps=1,
+                       batch_size=2, lr=1e-3, lr_final=1e-3, seed=0, device=torch.device("cpu"), ema_decay=decay)
+
+
+def _train(ema_decay, steps):
+    torch.manual_seed(0)
+    model = ToyDenoiser(1, width=8, num_blocks=1)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    data = torch.randn(32, 1)
+    train_denoiser(model, data, LinearSchedule(), steps=steps, batch_size=8, lr=1e-2, lr_final=1e-2, seed=3,
+                   device=torch.device("cpu"), ema_decay=ema_decay)
+    return init, model.state_dict()
+
+
+def test_training_samples_from_the_averaged_weights():
+    init, raw = _train(None, 1)
+    _, ema = _train(0.75, 1)
+    _, ema0 = _train(0.0, 2)
+    _, raw2 = _train(None, 2)
+    # One step: the average is 0.75 * w_0 + 0.25 * w_1; decay 0 keeps the latest weights exactly.
+    changed = 0
+    for k in raw:
+        torch.testing.assert_close(ema[k], 0.75 * init[k] + 0.25 * raw[k], rtol=1e-6, atol=1e-7)
+        assert torch.equal(ema0[k], raw2[k])
+        changed += int(not torch.equal(raw[k], init[k]))
+    assert changed > 0  # the step moved the weights, so the check above is not vacuous
+
+
+def test_select_window_prefers_removal_then_auroc():
+    det = {"K2": {"removal_at_retention": 0.8, "auroc": 0.99},
+           "K5": {"removal_at_retention": 0.9, "auroc": 0.95},
+           "K10": {"removal_at_retention": 0.9, "auroc": 0.97},
+           "K20": {"removal_at_retention": None, "auroc": None}}
+    assert select_window(det) == "K10"
+    with pytest.raises(ValueError, match="no out-of-support"):
+        select_window({"K2": {"removal_at_retention": None, "auroc": None}})
+
+
+def test_mean_interval_and_welch_interval():
+    from scipy import stats
+
+    m = mean_interval([1.0, 2.0, 3.0])
+    # sd 1, t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4841.
+    assert (m["mean"], m["sd"]) == (2.0, 1.0)
+    assert m["high"] - m["mean"] == pytest.approx(2.4841, abs=1e-4)
+    assert mean_interval([0.5])["low"] == 0.5
+    a, b = [0.31, 0.35, 0.29, 0.40], [0.20, 0.27, 0.22]
+    w = welch_interval(a, b)
+    assert w["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert w["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    assert w["low"] < w["diff"] < w["high"]
+    with pytest.raises(ValueError):
+        welch_interval([1.0], [1.0, 2.0])

@@ -2,13 +2,17 @@
 
 Unit keys (``{seed}`` is the seed):
 
-- ``oned_m{means}_n{N}_s{seed}``: 1D mixture, interpolation and detection;
+- ``oned_m{means}_n{N}_r{replicate}_s{seed}``: 1D mixture, interpolation and detection; the
+  replicates are independent data sets and models (seed ``100 * seed + replicate``), so that a
+  rate can be given with a confidence interval;
 - ``grid_s{seed}``, ``grid_rotated_s{seed}``: the 2D grid and its diamond variant;
 - ``shapes_s{seed}``: SIMPLE SHAPES with a small U-Net;
 - ``recursive_{grid,digits}_{variance,random}_s{seed}``: five generations of recursive training.
 
 Every unit returns a JSON-serialisable dict; the samples and scores behind the figures go to
-``samples/KEY.pt`` and the trained weights to ``checkpoints/``.
+``samples/KEY.pt`` and the trained weights to ``checkpoints/``. Each result's ``cost`` maps the
+checkpoints and sample caches it used to the wall and CPU seconds it took to make them (recorded
+when they were made, so a unit that reuses them still reports what they cost).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 import torch
@@ -34,7 +39,12 @@ logger = logging.getLogger(__name__)
 
 
 def _means_tag(means: list[float]) -> str:
-    return "".join(str(int(m)) if float(m).is_integer() else str(m).replace(".", "p") for m in means)
+    """File-name-safe tag of a list of means: ``[1, 2, 3] -> "123"``, ``[-1, 2.5] -> "n12p5"``."""
+    def one(m: float) -> str:
+        text = str(int(m)) if float(m).is_integer() else str(m).replace(".", "p")
+        return text.replace("-", "n")
+
+    return "".join(one(m) for m in means)
 
 
 def unit_keys(config: dict[str, Any], seeds: list[int]) -> list[str]:
@@ -44,7 +54,7 @@ def unit_keys(config: dict[str, Any], seeds: list[int]) -> list[str]:
         od = config["oned"]
         for means in od["means"]:
             sizes = od["sizes"] if means == od["means"][0] else od["sizes"][-1:]
-            keys += [f"oned_m{_means_tag(means)}_n{n}_s{s}" for n in sizes]
+            keys += [f"oned_m{_means_tag(means)}_n{n}_r{r}_s{s}" for n in sizes for r in range(od["replicates"])]
         keys.append(f"grid_s{s}")
         if config["recursive_grid"]["enabled"]:
             keys += [f"recursive_grid_{arm}_s{s}" for arm in ("variance", "random")]
@@ -61,7 +71,7 @@ def _parse_key(key: str) -> tuple[str, dict[str, Any]]:
     info: dict[str, Any] = {"seed": int(seed[1:])}
     kind = body[0]
     if kind == "oned":
-        info["tag"], info["n"] = body[1][1:], int(body[2][1:])
+        info["tag"], info["n"], info["replicate"] = body[1][1:], int(body[2][1:]), int(body[3][1:])
     elif kind == "grid":
         info["rotated"] = len(body) > 1
     elif kind == "recursive":
@@ -91,6 +101,23 @@ def make_tracker(window: str) -> Any:
     if kind == "t" and value.isdigit():
         return hallucfilter.TrajectoryVariance(timestep_below=int(value))
     raise ValueError(f"window must look like 'K10' (last steps) or 't10' (timestep below), got {window!r}")
+
+
+def select_window(detection: dict[str, dict[str, float | None]]) -> str:
+    """The window with the highest removal at the retention target, ties broken by AUROC.
+
+    Used on a separate draw of samples (``select_samples``), so that the window reported on the main
+    draw was not picked on the samples it is reported on.
+
+    Raises:
+        ValueError: If no window has a defined removal rate (no hallucination in the draw).
+    """
+    ranked = [(d["removal_at_retention"], d["auroc"], w) for w, d in detection.items()
+              if d["removal_at_retention"] is not None]
+    if not ranked:
+        raise ValueError("cannot select a window: the selection draw has no out-of-support sample "
+                         "(draw more with select_samples)")
+    return max(ranked, key=lambda r: (r[0], r[1]))[2]
 
 
 def _observer_factory(windows: list[str]):
@@ -125,7 +152,7 @@ def detection_metrics(scores: dict[str, torch.Tensor], hallucinated: torch.Tenso
 
 # Section keys that do not change what a unit's model learns (the unit's key names its data).
 _NOT_TRAINING = frozenset({"sizes", "means", "samples", "sample_steps", "sample_batch", "write_png", "windows",
-                           "enabled", "generations", "classifier_steps"})
+                           "enabled", "generations", "classifier_steps", "replicates", "select_samples"})
 
 
 def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any], section: dict[str, Any],
@@ -144,31 +171,44 @@ def _train_or_load(model: nn.Module, data: torch.Tensor, config: dict[str, Any],
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         model.to(ctx.device).eval()
-        return {"final_loss": state["final_loss"], "resumed": True, "digest": digest}
+        return {"final_loss": state["final_loss"], "resumed": True, "digest": digest, "file": path.name,
+                "wall_s": state.get("wall_s"), "cpu_s": state.get("cpu_s")}
     info = train_denoiser(
         model, data, _schedule(config), steps=section["steps"], batch_size=section["batch_size"],
         lr=section["lr"], lr_final=section["lr_final"], seed=seed, device=ctx.device,
-        t_max=config["schedule"]["train_t_max"],
+        t_max=config["schedule"]["train_t_max"], ema_decay=section["ema_decay"],
         progress=lambda it: ctx.progress(it, desc=f"train {key}", total=section["steps"]),
     )
     if ctx.is_main:
-        save_torch(path, {"model": model.state_dict(), "final_loss": info["final_loss"]})
-    return {**info, "resumed": False, "digest": digest}
+        save_torch(path, {"model": model.state_dict(), **info})
+    return {**info, "resumed": False, "digest": digest, "file": path.name}
 
 
-def _cached_sample(key: str, train_info: dict[str, Any], ctx: RunContext, **kwargs: Any):
-    """:func:`_sample`, reusing the samples and scores of an earlier run with the same model and settings."""
+def _cached_sample(key: str, train_info: dict[str, Any], ctx: RunContext, cost: dict[str, Any] | None = None,
+                   **kwargs: Any):
+    """:func:`_sample`, reusing the samples and scores of an earlier run with the same model and settings.
+
+    When ``cost`` is given, the training and sampling costs (as recorded when the checkpoint and the
+    samples were made) are added to it under the files' names.
+    """
     spec = {k: v for k, v in kwargs.items() if k not in ("model", "config", "ctx")}
     spec.update(schedule=kwargs["config"]["schedule"], world_size=ctx.world_size)
     digest = hashlib.sha256(json.dumps([train_info["digest"], spec], sort_keys=True, default=str).encode())
     path = ctx.path("cache", f"{key}-{digest.hexdigest()[:10]}.pt")
     if gather_objects(path.exists())[0]:
         cached = torch.load(path, map_location="cpu", weights_only=True)
-        return cached["x"], cached["scores"]
-    x, scores = _sample(ctx=ctx, **kwargs)
-    if ctx.is_main:
-        save_torch(path, {"x": x, "scores": scores})
-    return x, scores
+    else:
+        t0, c0 = time.perf_counter(), time.process_time()
+        x, scores = _sample(ctx=ctx, **kwargs)
+        cached = {"x": x, "scores": scores, "wall_s": round(time.perf_counter() - t0, 3),
+                  "cpu_s": round(time.process_time() - c0, 3)}
+        if ctx.is_main:
+            save_torch(path, cached)
+    if cost is not None:
+        cost[f"checkpoints/{train_info['file']}"] = {"wall_s": train_info.get("wall_s"),
+                                                     "cpu_s": train_info.get("cpu_s")}
+        cost[f"cache/{path.name}"] = {"wall_s": cached.get("wall_s"), "cpu_s": cached.get("cpu_s")}
+    return cached["x"], cached["scores"]
 
 
 def _sample(model: nn.Module, config: dict[str, Any], n: int, shape: tuple[int, ...], seed: int, ctx: RunContext,
@@ -197,20 +237,35 @@ def _save_samples(ctx: RunContext, key: str, payload: dict[str, Any]) -> str:
 
 
 def _mixture_unit(config: dict[str, Any], key: str, mix: D.Mixture, section: dict[str, Any], seed: int,
-                  ctx: RunContext) -> dict[str, Any]:
+                  ctx: RunContext, primary: str) -> dict[str, Any]:
+    """Train (or load), sample and label one mixture model; ``primary`` is a window name or ``"select"``."""
     dim = mix.x.shape[1]
     model = _toy_model(dim, section, seed)
     train_info = _train_or_load(model, mix.x, config, section, key, seed, ctx)
-    x, scores = _cached_sample(key, train_info, ctx, model=model, config=config, n=section["samples"], shape=(dim,),
-                               seed=seed, windows=config["windows"])
+    cost: dict[str, Any] = {}
+    result: dict[str, Any] = {"train": train_info, "primary_window": primary}
+    if primary == "select":
+        if section["select_samples"] < 1:
+            raise ValueError(f"primary window 'select' for {key} needs select_samples >= 1, "
+                             f"got {section['select_samples']}")
+        # The primary window is chosen on a draw of its own, then reported on the main draw.
+        xs, ss = _cached_sample(f"{key}_select", train_info, ctx, cost, model=model, config=config,
+                                n=section["select_samples"], shape=(dim,), seed=seed + 50_000,
+                                windows=config["windows"])
+        bad = (L.mode_distance(xs, mix.modes, mix.std) > config["k_sigma"]) | ~torch.isfinite(xs).all(1)
+        det = detection_metrics(ss, bad, config["retention"], config["removal"])
+        result["selection"] = {"n_samples": int(xs.shape[0]), "count": int(bad.sum()), "detection": det}
+        result["primary_window"] = select_window(det)
+    x, scores = _cached_sample(key, train_info, ctx, cost, model=model, config=config, n=section["samples"],
+                               shape=(dim,), seed=seed, windows=config["windows"])
     dist = L.mode_distance(x, mix.modes, mix.std)
     finite = torch.isfinite(x).all(1)
-    result: dict[str, Any] = {
-        "train": train_info,
+    result.update({
         "n_samples": int(x.shape[0]),
         "non_finite": int((~finite).sum()),
         "out_of_support": {},
-    }
+        "cost": cost,
+    })
     for k in (config["k_sigma"], config["k_sigma_alt"]):
         bad = (dist > k) | ~finite
         result["out_of_support"][f"{k:g}sigma"] = {
@@ -222,9 +277,13 @@ def _mixture_unit(config: dict[str, Any], key: str, mix: D.Mixture, section: dic
         gaps = L.gap_of(x, mix.modes)
         bad = dist > config["k_sigma"]
         means = mix.modes.flatten().tolist()
+        # NOTE: "per_neighbour_mass" divides a gap's share by the weight of its two neighbouring modes
+        # (2 / number of modes), so gaps of mixtures with different numbers of modes compare.
         result["gaps"] = [
             {"lo": means[j], "hi": means[j + 1], "width": means[j + 1] - means[j],
-             "fraction": float((bad & (gaps == j)).float().mean())}
+             "count": int((bad & (gaps == j)).sum()),
+             "fraction": float((bad & (gaps == j)).float().mean()),
+             "per_neighbour_mass": float((bad & (gaps == j)).float().mean()) * len(means) / 2}
             for j in range(len(means) - 1)
         ]
     result["samples_file"] = _save_samples(ctx, key, {"x": x, "scores": scores, "dist": dist,
@@ -235,15 +294,17 @@ def _mixture_unit(config: dict[str, Any], key: str, mix: D.Mixture, section: dic
 def _run_oned(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     od = config["oned"]
     means = next(m for m in od["means"] if _means_tag(m) == info["tag"])
-    mix = D.mixture_1d(means, info["n"], seed=info["seed"], std=od["std"])
-    out = _mixture_unit(config, key, mix, od, info["seed"], ctx)
-    return {"kind": "oned", "means": means, "n_train": info["n"], **out}
+    seed = 100 * info["seed"] + info["replicate"]
+    mix = D.mixture_1d(means, info["n"], seed=seed, std=od["std"])
+    out = _mixture_unit(config, key, mix, od, seed, ctx, config["primary_window"]["oned"])
+    return {"kind": "oned", "means": means, "n_train": info["n"], "replicate": info["replicate"], "seed": seed,
+            **out}
 
 
 def _run_grid(config: dict[str, Any], key: str, info: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     gd = config["grid"]
     mix = D.grid_2d(gd["n"], seed=info["seed"], std=gd["std"], rotated=info["rotated"])
-    out = _mixture_unit(config, key, mix, gd, info["seed"], ctx)
+    out = _mixture_unit(config, key, mix, gd, info["seed"], ctx, config["primary_window"]["grid"])
     return {"kind": "grid", "rotated": info["rotated"], "n_train": gd["n"], **out}
 
 
@@ -260,7 +321,8 @@ def _run_shapes(config: dict[str, Any], key: str, info: dict[str, Any], ctx: Run
     torch.manual_seed(seed)
     model = ShapesUNet(sh["size"], tuple(sh["channels"]))
     train_info = _train_or_load(model, images * 2.0 - 1.0, config, sh, key, seed, ctx)
-    x, scores = _cached_sample(key, train_info, ctx, model=model, config=config, n=sh["samples"],
+    cost: dict[str, Any] = {}
+    x, scores = _cached_sample(key, train_info, ctx, cost, model=model, config=config, n=sh["samples"],
                                shape=(1, sh["size"], sh["size"]), seed=seed, num_steps=sh["sample_steps"],
                                batch_size=sh["sample_batch"], windows=sh["windows"])
     imgs = ((x + 1.0) / 2.0).clamp(0, 1)
@@ -277,6 +339,7 @@ def _run_shapes(config: dict[str, Any], key: str, info: dict[str, Any], ctx: Run
         "empty_fraction": float(empty.float().mean()),
         "malformed_fraction": float(malformed.float().mean()),
         "per_column_repeats": (counted["counts"] >= 2).float().mean(0).tolist(),
+        "cost": cost,
         "samples_file": _save_samples(ctx, key, {"x": x.half(), "scores": scores, "hallucinated": hallucinated,
                                                  "counts": counted["counts"]}),
     }
@@ -370,6 +433,7 @@ def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: 
     data = real
     previous: dict[str, torch.Tensor] | None = None
     gens: list[dict[str, Any]] = []
+    cost: dict[str, Any] = {}
     for gen in range(1, rc["generations"] + 1):
         if gen == 1 and from_grid:
             # NOTE: generation 1 is the grid experiment's own model (trained on the grid's N real
@@ -387,7 +451,7 @@ def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: 
                 model.load_state_dict(previous)
             train_info = _train_or_load(model, data, config, chain, gkey, seed + gen, ctx)
         previous = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        x, scores = _cached_sample(gkey, train_info, ctx, model=model, config=config, n=n_draw,
+        x, scores = _cached_sample(gkey, train_info, ctx, cost, model=model, config=config, n=n_draw,
                                    shape=(real.shape[1],), seed=seed + 100 * gen, windows=[window])
         finite = torch.isfinite(x).all(1)
         s = torch.where(finite, scores[window], torch.full_like(scores[window], float("inf")))
@@ -412,7 +476,8 @@ def _run_recursive(config: dict[str, Any], key: str, info: dict[str, Any], ctx: 
         if gen == rc["generations"]:
             _save_samples(ctx, key, {"x": kept, "modes": mix.modes if which == "grid" else None})
         data = kept[torch.isfinite(kept).all(1)]
-    return {"kind": "recursive", "data": which, "arm": arm, "n": n, "n_draw": n_draw, "generations": gens}
+    return {"kind": "recursive", "data": which, "arm": arm, "n": n, "n_draw": n_draw, "generations": gens,
+            "cost": cost}
 
 
 def run_unit(config: dict[str, Any], key: str, ctx: RunContext) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from benchmarks._harness import RunContext
+from benchmarks._stats import mean_interval, welch_interval
 
 PAPER_CLAIM = "paper: > 95% of hallucinations removed at 96% of in-support samples retained"
 
@@ -31,19 +33,43 @@ def _mean_sd(values: Iterable[float | None], pct: bool = True, digits: int = 1) 
 
 
 def _group(results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Results by key without the seed suffix."""
+    """Results by key without the seed and replicate suffixes."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for key, r in results.items():
-        out[key.rsplit("_s", 1)[0]].append(r)
+        out[re.sub(r"_r\d+$", "", key.rsplit("_s", 1)[0])].append(r)
     return dict(out)
 
 
+def _ci(values: Iterable[float], digits: int = 3) -> str:
+    """``mean [low, high]`` in percent, the 95% Student-t interval over replicates."""
+    m = mean_interval(list(values))
+    if m["n"] == 1:
+        return f"{100 * m['mean']:.{digits}f}%"
+    return f"{100 * m['mean']:.{digits}f}% [{100 * m['low']:.{digits}f}, {100 * m['high']:.{digits}f}]"
+
+
+def _diff(a: list[float], b: list[float], digits: int = 3) -> str:
+    if len(a) < 2 or len(b) < 2:
+        return "n/a (needs 2 replicates)"
+    w = welch_interval(a, b)
+    return (f"{100 * w['diff']:+.{digits}f} points [{100 * w['low']:+.{digits}f}, {100 * w['high']:+.{digits}f}], "
+            f"p = {w['p']:.2g}")
+
+
+def _window_of(rows: list[dict[str, Any]], default: str) -> str:
+    return "/".join(sorted({r.get("primary_window", default) for r in rows})) or default
+
+
 def _det(rows: list[dict[str, Any]], sigma: str, window: str, field: str) -> list[float | None]:
-    return [r["out_of_support"][sigma]["detection"][window][field] for r in rows]
+    # Each row's own primary window where it has one (chosen per model on a separate draw).
+    return [r["out_of_support"][sigma]["detection"][r.get("primary_window", window)][field] for r in rows]
 
 
 def _detection_row(label: str, rows: list[dict[str, Any]], sigma: str, window: str) -> str:
-    return (f"| {label} | {window} | {_mean_sd((r['out_of_support'][sigma]['fraction'] for r in rows), digits=2)} | "
+    counts = sum(r["out_of_support"][sigma]["count"] for r in rows)
+    drawn = sum(r["n_samples"] for r in rows)
+    return (f"| {label} | {_window_of(rows, window)} | "
+            f"{_mean_sd((r['out_of_support'][sigma]['fraction'] for r in rows), digits=2)} ({counts} of {drawn}) | "
             f"{_mean_sd(_det(rows, sigma, window, 'auroc'), pct=False)} | "
             f"{_mean_sd(_det(rows, sigma, window, 'removal_at_retention'))} | "
             f"{_mean_sd(_det(rows, sigma, window, 'retention_at_removal'))} |")
@@ -83,31 +109,31 @@ def build_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
             lines.append(_detection_row(f"{name} ({alt})", rows, alt, window))
         lines.append("")
     if oned:
-        lines += ["## 1D interpolation against training-set size and mode distance", "",
-                  "| means | N | beyond 6 sigma | beyond 6 sigma inside each gap (share of all samples) |",
-                  "| --- | --- | --- | --- |"]
-        for rows in oned.values():
-            r0 = rows[0]
-            gaps = "; ".join(
-                f"{g['lo']:g}-{g['hi']:g}: {_mean_sd((r['gaps'][j]['fraction'] for r in rows), digits=3)}"
-                for j, g in enumerate(r0["gaps"]))
-            frac = _mean_sd((r["out_of_support"][sigma]["fraction"] for r in rows), digits=3)
-            lines.append(f"| {r0['means']} | {r0['n_train']} | {frac} | {gaps} |")
-        lines.append("")
+        lines += _interpolation_section(config, oned, sigma)
     sweep_sets = {**oned, **grid}
     if sweep_sets:
         lines += ["## Window sweep (AUROC / removed at 96% retained)", "",
                   "| data | " + " | ".join(config["windows"]) + " |",
                   "| --- |" + " --- |" * len(config["windows"])]
-        for name, rows in sweep_sets.items():
+        def sweep_row(name: str, dets: list[dict[str, Any]]) -> str:
             cells = []
             for k in config["windows"]:
-                dets = [r["out_of_support"][sigma]["detection"] for r in rows]
                 au = _mean_sd((d[k]["auroc"] for d in dets), pct=False)
                 rm = _mean_sd(d[k]["removal_at_retention"] for d in dets)
                 cells.append(f"{au} / {rm}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            return f"| {name} | " + " | ".join(cells) + " |"
+
+        for name, rows in sweep_sets.items():
+            lines.append(sweep_row(name, [r["out_of_support"][sigma]["detection"] for r in rows]))
+            if all("selection" in r for r in rows):
+                n_sel = sum(r["selection"]["n_samples"] for r in rows)
+                lines.append(sweep_row(f"{name}, selection draw ({n_sel} samples)",
+                                       [r["selection"]["detection"] for r in rows]))
         lines.append("")
+        if any("selection" in r for rows in grid.values() for r in rows):
+            lines += ["The grid's primary window was chosen per model as the window with the highest removal at "
+                      "the retention target on its selection draw (separate samples of the same model); the "
+                      "detection table reports it on the main draw.", ""]
     if "shapes" in groups:
         rows = groups["shapes"]
         window = pw["shapes"]
@@ -145,8 +171,94 @@ def build_report(config: dict[str, Any], results: dict[str, dict[str, Any]], ctx
                      for f in (metric, kept) for a in ("variance", "random")]
             lines.append(f"| {gi + 1} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _cost_section(results)
     lines += _figures(config, results, groups, ctx)
     return "\n".join(lines)
+
+
+def _cost_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    """What the checkpoints and sample sets behind the results cost when they were made (each counted once)."""
+    made: dict[str, dict[str, float | None]] = {}
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for key, r in results.items():
+        for name, c in r.get("cost", {}).items():
+            if name in made:
+                continue
+            made[name] = c
+            kind = re.sub(r"_r\d+$", "", key.rsplit("_s", 1)[0]).split("_m")[0]
+            by_kind[kind][0] += c.get("wall_s") or 0.0
+            by_kind[kind][1] += c.get("cpu_s") or 0.0
+    if not made:
+        return []
+    unknown = sum(1 for c in made.values() if c.get("cpu_s") is None)
+    wall = sum(v[0] for v in by_kind.values())
+    cpu = sum(v[1] for v in by_kind.values())
+    lines = ["## Cost", "",
+             f"Training and sampling behind these results, each checkpoint and sample set counted once as recorded "
+             f"when it was made: {wall:.0f} s wall, {cpu:.0f} s CPU of the process ({len(made)} files"
+             + (f"; {unknown} made before costs were recorded, not counted" if unknown else "") + ").", "",
+             "| part | wall s | CPU s |", "| --- | --- | --- |"]
+    lines += [f"| {kind} | {w:.0f} | {c:.0f} |" for kind, (w, c) in by_kind.items()]
+    return [*lines, ""]
+
+
+def _interpolation_section(config: dict[str, Any], oned: dict[str, list[dict[str, Any]]], sigma: str) -> list[str]:
+    """1D interpolation against training-set size and mode distance, with 95% intervals over replicates."""
+    k = f"{config['k_sigma']:g}"
+    lines = ["## 1D interpolation against training-set size and mode distance", "",
+             f"Share of samples beyond {k} sigma, mean over independent replicates (data set, model and samples) "
+             "with its 95% Student-t interval. Per gap: the gap's share divided by the weight of its two "
+             "neighbouring modes (2 / number of modes), so that mixtures with different numbers of modes compare.", "",
+             f"| means | N | replicates | samples each | beyond {k} sigma | per gap, normalised |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def rate(rows: list[dict[str, Any]]) -> list[float]:
+        return [r["out_of_support"][sigma]["fraction"] for r in rows]
+
+    def gap(rows: list[dict[str, Any]], j: int) -> list[float]:
+        return [r["gaps"][j]["per_neighbour_mass"] for r in rows]
+
+    for rows in oned.values():
+        r0 = rows[0]
+        gaps = "; ".join(f"{g['lo']:g}-{g['hi']:g}: {_ci(gap(rows, j))}" for j, g in enumerate(r0["gaps"]))
+        lines.append(f"| {r0['means']} | {r0['n_train']} | {len(rows)} | {r0['n_samples']} | {_ci(rate(rows))} | "
+                     f"{gaps} |")
+    lines.append("")
+    by_means: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+    for rows in oned.values():
+        by_means[str(rows[0]["means"])][rows[0]["n_train"]] = rows
+    tests: list[str] = []
+    for means, by_n in by_means.items():
+        if len(by_n) > 1:
+            lo, hi = min(by_n), max(by_n)
+            tests.append(f"- Training-set size, {means}: rate at N = {lo} minus rate at N = {hi}: "
+                         f"{_diff(rate(by_n[lo]), rate(by_n[hi]))}.")
+    # Equal numbers of modes at different spacings, at the largest N they share.
+    three: dict[float, list[dict[str, Any]]] = {}
+    for by_n in by_means.values():
+        for n, rows in by_n.items():
+            widths = {g["width"] for g in rows[0]["gaps"]}
+            if len(widths) == 1 and n == max(by_n):
+                three.setdefault(widths.pop(), rows)
+    if len(three) > 1:
+        order = sorted(three)
+        for a, b in zip(order, order[1:]):
+            tests.append(f"- Mode distance, spacing {a:g} minus spacing {b:g} ({three[a][0]['means']} against "
+                         f"{three[b][0]['means']}, N = {three[a][0]['n_train']}): "
+                         f"{_diff(rate(three[a]), rate(three[b]))}.")
+    for rows in oned.values():
+        widths = [g["width"] for g in rows[0]["gaps"]]
+        if len(set(widths)) > 1:
+            narrow = [j for j, w in enumerate(widths) if w == min(widths)]
+            wide = [j for j, w in enumerate(widths) if w == max(widths)]
+            d = [statistics.mean(r["gaps"][j]["per_neighbour_mass"] for j in narrow)
+                 - statistics.mean(r["gaps"][j]["per_neighbour_mass"] for j in wide) for r in rows]
+            tests.append(f"- Mode distance within {rows[0]['means']} (same models): width-{min(widths):g} gaps "
+                         f"(mean) minus width-{max(widths):g} gap, normalised: {_ci(d)}.")
+    if tests:
+        lines += ["Differences (Welch's 95% interval and p over replicates; within one mixture, the paired "
+                  "differences' Student-t interval):", "", *tests, ""]
+    return lines
 
 
 def _figures(config: dict[str, Any], results: dict[str, dict[str, Any]], groups: dict[str, list[dict[str, Any]]],
@@ -182,7 +294,7 @@ def _figures(config: dict[str, Any], results: dict[str, dict[str, Any]], groups:
         fig, axes = plt.subplots(1, len(hist_names), figsize=(3.2 * len(hist_names), 2.6), squeeze=False)
         for ax, name in zip(axes[0], hist_names):
             p = _load(ctx, first[name])
-            window = pw["oned" if name.startswith("oned") else "grid"]
+            window = first[name].get("primary_window", pw["oned" if name.startswith("oned") else "grid"])
             s = p["scores"][window].double().clamp_min(1e-12).log10()
             bad = p["dist"] > config["k_sigma"]
             ax.hist(s[~bad].numpy(), bins=60, alpha=0.6, density=True, label="in support")
@@ -202,7 +314,7 @@ def _figures(config: dict[str, Any], results: dict[str, dict[str, Any]], groups:
         fig, axes = plt.subplots(1, len(grid_names), figsize=(4 * len(grid_names), 4), squeeze=False)
         for ax, name in zip(axes[0], grid_names):
             p = _load(ctx, first[name])
-            s = p["scores"][pw["grid"]]
+            s = p["scores"][first[name].get("primary_window", pw["grid"])]
             bad = p["dist"] > config["k_sigma"]
             flagged = s > _threshold(s, bad, config["retention"])
             x = p["x"]
