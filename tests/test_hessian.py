@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from smoothopt.hessian import (
     HessianOperator,
+    LanczosChains,
     NegativeCurvatureEscape,
     class_identity_error,
     hessian_spectrum,
@@ -261,6 +262,26 @@ def test_lanczos_on_random_symmetric_matrices(seed, n):
     torch.testing.assert_close(res.bottom, torch.tensor([-7.0, -3.0], dtype=torch.float64), rtol=1e-10, atol=1e-10)
 
 
+def test_lanczos_basis_stays_orthonormal_with_clustered_eigenvalues():
+    # Clustered top eigenvalues make plain Lanczos lose orthogonality fast; with the DGKS-guarded
+    # re-orthogonalisation the basis stays orthonormal to round-off and no Ritz value repeats.
+    g = torch.Generator().manual_seed(4)
+    n = 300
+    eig = torch.cat([torch.linspace(0.0, 1.0, n - 5, dtype=torch.float64),
+                     10.0 + 1e-3 * torch.arange(5, dtype=torch.float64)])
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    a = (q * eig) @ q.T
+    chains = LanczosChains(torch.randn(2, n, generator=g, dtype=torch.float64))
+    for _ in range(80):
+        chains.update(chains.vectors() @ a)
+    for b in range(2):
+        basis = chains.basis[b]
+        assert (basis @ basis.T - torch.eye(basis.shape[0], dtype=torch.float64)).abs().max() < 1e-12
+        theta = chains.ritz(b)[0]
+        assert (theta > 9.0).sum() == 5  # each of the five clustered values found exactly once
+        torch.testing.assert_close(theta[-5:], eig[-5:], rtol=1e-10, atol=0)
+
+
 def test_lanczos_breaks_down_cleanly_on_a_low_rank_matrix():
     g = torch.Generator().manual_seed(0)
     u = torch.linalg.qr(torch.randn(100, 3, generator=g, dtype=torch.float64)).Q
@@ -360,6 +381,34 @@ def test_slq_negative_mass_of_a_known_spectrum():
 
 
 # ----------------------------------------------------------------------------------- per class
+@pytest.mark.parametrize("engine", ["graph", "recompute"])
+def test_grouped_products_take_one_block_per_class_with_different_widths(problem, engine):
+    model, x, y, _, per_class = problem
+    batches = [(x[:25], y[:25]), (x[25:], y[25:])]  # mixed classes: the operator splits each batch
+    op = HessianOperator(model, F.cross_entropy, batches, engine=engine, num_groups=NUM_CLASSES)
+    g = torch.Generator().manual_seed(7)
+    widths = [3, 0, 1, 2, 1]  # class 1 gets no vectors at all
+    blocks = [torch.randn(k, op.dim, generator=g, dtype=torch.float64) for k in widths]
+    out = op.matvec_grouped(blocks)
+    assert isinstance(out, list) and [o.shape[0] for o in out] == widths
+    for c in range(NUM_CLASSES):
+        torch.testing.assert_close(out[c], blocks[c] @ per_class[c], rtol=1e-10, atol=1e-10)
+    # The block form and the (G, k, n) tensor form give the same products.
+    v = torch.randn(NUM_CLASSES, 2, op.dim, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec_grouped(v), torch.stack(op.matvec_grouped(list(v))), rtol=0, atol=0)
+
+
+def test_grouped_products_reject_bad_blocks(problem):
+    model, x, y, _, _ = problem
+    op = HessianOperator(model, F.cross_entropy, (x, y), num_groups=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"one tensor per group \(5\), got 2"):
+        op.matvec_grouped([torch.zeros(1, op.dim, dtype=torch.float64)] * 2)
+    with pytest.raises(ValueError, match=rf"v\[3\] must have shape \(k, {op.dim}\), got \(1, 4\)"):
+        op.matvec_grouped([torch.zeros(1, op.dim, dtype=torch.float64)] * 3 + [torch.zeros(1, 4)] * 2)
+    with pytest.raises(ValueError, match=rf"v must have shape \(5, k, {op.dim}\)"):
+        op.matvec_grouped(torch.zeros(2, 1, op.dim))
+
+
 def test_class_identity(problem):
     model, x, y, _, _ = problem
     # H = sum_c pi_c H_c: round-off in float64.

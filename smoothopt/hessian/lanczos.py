@@ -31,6 +31,8 @@ __all__ = ["EigenResult", "LanczosChains", "lanczos"]
 
 logger = logging.getLogger(__name__)
 
+_DGKS = 0.5**0.5
+
 
 class LanczosChains:
     r"""Lanczos recurrences for a batch of start vectors, advanced one operator product at a time.
@@ -80,21 +82,26 @@ class LanczosChains:
 
     def update(self, hq: Tensor) -> None:
         """Advance every active chain by one step given ``hq`` = :math:`H q_j` (shape ``(B, n)``)."""
-        # Step 1: alpha_j = q_j^T H q_j and the three-term recurrence (in place on a copy of hq).
+        # Step 1: alpha_j = q_j^T H q_j and the three-term recurrence (out of place: hq is left alone).
         alpha = torch.einsum("bn,bn->b", hq, self.q).to(torch.float64)
         beta_prev = self.betas[-1] if self.betas else torch.zeros(self.batch, dtype=torch.float64)
-        w = hq.clone()
-        w.addcmul_(self.q, -alpha.to(device=hq.device, dtype=hq.dtype)[:, None])
+        w = torch.addcmul(hq, self.q, -alpha.to(device=hq.device, dtype=hq.dtype)[:, None])
         w.addcmul_(self.q_prev, -beta_prev.to(device=hq.device, dtype=hq.dtype)[:, None])
 
-        # Step 2: full re-orthogonalisation against Q_j, twice.
+        # Step 2: full re-orthogonalisation against Q_j by classical Gram-Schmidt, repeated only when
+        # the first pass removed much of w (the DGKS test: a norm drop below 1/sqrt(2)); otherwise one
+        # pass already leaves w orthogonal to working precision ("twice is enough").
+        norm = w.norm(dim=1)
         if self._basis is not None:
             basis = self._basis[: self._size]  # (j, B, n)
             for _ in range(2):
-                w = w - torch.einsum("jbn,jb->bn", basis, torch.einsum("jbn,bn->jb", basis, w))
+                w.sub_(torch.einsum("jbn,jb->bn", basis, torch.einsum("jbn,bn->jb", basis, w)))
+                before, norm = norm, w.norm(dim=1)
+                if bool((norm > _DGKS * before).all()):
+                    break
 
         # Step 3: beta_j = ||w|| with a relative breakdown test; stopped chains keep zero vectors.
-        beta = w.norm(dim=1).to(torch.float64)
+        beta = norm.to(torch.float64)
         alpha = torch.where(self.active, alpha, torch.zeros_like(alpha))
         self._scale = torch.maximum(self._scale, torch.maximum(alpha.abs(), beta))
         self.alphas.append(alpha)
