@@ -33,6 +33,7 @@ class DANNLoss(nn.Module):
         - Output: scalar.
 
     Example:
+        >>> import torch
         >>> from smoothopt.adapt import DomainDiscriminator
         >>> loss_fn = DANNLoss(DomainDiscriminator(64, hidden=(32,)))
         >>> loss = loss_fn(torch.randn(4, 64), torch.randn(4, 64))
