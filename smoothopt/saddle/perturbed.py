@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from smoothopt._foreach import global_norm
 from smoothopt._validation import check_int, check_real
 from smoothopt._wrapping import bind_base_optimizer
-from smoothopt.sam._foreach import global_norm
 
 __all__ = ["PerturbedGD"]
 

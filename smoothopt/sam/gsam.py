@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from smoothopt._foreach import bucket, dot, scale_
 from smoothopt._validation import check_real
-from smoothopt.sam._foreach import bucket, dot, scale_
 from smoothopt.sam.sam import SAM, Rho
 
 __all__ = ["GSAM"]

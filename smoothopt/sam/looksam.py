@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from smoothopt._foreach import bucket, dot, global_norm, scale_
 from smoothopt._validation import check_int, check_real
-from smoothopt.sam._foreach import bucket, dot, global_norm, scale_
 from smoothopt.sam.sam import SAM, Rho
 from smoothopt.sam.schedules import EveryKSteps
 

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from smoothopt._foreach import bucket, global_norm, scale_, split_sparse
 from smoothopt._validation import check_real
 from smoothopt._wrapping import bind_base_optimizer
-from smoothopt.sam._foreach import bucket, global_norm, scale_, split_sparse
 
 __all__ = ["SAM", "Rho"]
 

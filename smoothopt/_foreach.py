@@ -1,4 +1,4 @@
-"""Multi-tensor helpers for the SAM family.
+"""Multi-tensor helpers shared by the SAM family and the saddle-escape optimizers.
 
 Every helper takes lists of tensors and issues a number of ``torch._foreach_*`` kernels that depends on the
 number of (device, dtype) buckets, not on the number of tensors. Sparse gradients cannot go through foreach
