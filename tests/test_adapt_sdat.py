@@ -159,3 +159,23 @@ def test_sdat_skipped_scaler_step_restores_weights():
     assert scaler.get_scale() == 2.0**9  # the skipped step halves the scale
     for p, w in zip(list(model.parameters()) + list(disc.parameters()), w0):
         assert torch.equal(p, w)
+
+
+def test_sdat_closure_raising_in_second_pass_restores_classifier():
+    model, disc, _, adv_fn, sam, d_opt, batch = _setup(lr=0.1)
+    before = _flat(model.parameters()).clone()
+    d_before = _flat(disc.parameters()).clone()
+    inner = _closure(model, adv_fn, batch)
+    calls = []
+
+    def closure(need_adversarial):
+        calls.append(need_adversarial)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory in the second pass")
+        return inner(need_adversarial)
+
+    with pytest.raises(RuntimeError, match="second pass"):
+        sdat_step(closure, sam, d_opt)
+    assert not sam.is_perturbed and sam.sam_steps == 0
+    assert torch.equal(_flat(model.parameters()), before)
+    assert torch.equal(_flat(disc.parameters()), d_before)

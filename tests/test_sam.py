@@ -356,6 +356,38 @@ def test_first_step_twice():
         sam.first_step()
 
 
+def test_restore_abandons_a_step_and_a_failing_closure_leaves_weights_clean():
+    model = _mlp()
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    (x, y), = _batches(1)
+    before = [p.detach().clone() for p in model.parameters()]
+    nn.functional.cross_entropy(model(x), y).backward()
+    sam.first_step()
+    assert sam.is_perturbed and any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    sam.restore()
+    assert not sam.is_perturbed and sam.sam_steps == 0 and not sam.base_optimizer.state
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    sam.restore()  # nothing perturbed: a no-op
+    # A second closure that raises: the weights are back at w, no step was taken, the next step works.
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise FloatingPointError("loss became NaN")
+        sam.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(FloatingPointError, match="NaN"):
+        sam.step(closure)
+    assert not sam.is_perturbed and sam.sam_steps == 0
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    sam.step(closure)
+    assert sam.sam_steps == 1 and any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_sparse_gradients_take_the_per_tensor_path():
     torch.manual_seed(0)
     emb = nn.Embedding(10, 4, sparse=True).double()

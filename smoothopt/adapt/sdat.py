@@ -90,8 +90,8 @@ def sdat_step(
         The gradient reversal coefficient is not advanced here; attach the layer to the
         discriminator optimizer (``grl.attach(discriminator_optimizer)``), which steps once.
         Classifier BatchNorm layers see two forward passes per step, as in every SAM step.
-        If the closure raises during the second pass, the classifier is left at the perturbed
-        weights (SAM offers no public way to abandon a step); treat the model as unusable then.
+        If the closure raises during the second pass, the classifier returns to its unperturbed
+        weights (:meth:`SAM.restore`) before the exception propagates; no optimizer has stepped.
 
     Example:
         >>> def closure(need_adversarial):  # doctest: +SKIP
@@ -133,16 +133,20 @@ def sdat_step(
     discriminator_optimizer.zero_grad(set_to_none=True)
 
     # Step 3: gradient at the perturbed weights of E (and of mu * D in the public variant).
-    with torch.enable_grad():
-        task2, adv2 = closure(adversarial_at == "perturbed")
-        if adversarial_at == "perturbed":
-            adv = _require(adv2)
-            scaled(task2 + trade_off * adv).backward()
-        else:
-            scaled(task2).backward()
-            for p, g in zip(trainable, stash):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad.add_(g)
+    try:
+        with torch.enable_grad():
+            task2, adv2 = closure(adversarial_at == "perturbed")
+            if adversarial_at == "perturbed":
+                adv = _require(adv2)
+                scaled(task2 + trade_off * adv).backward()
+            else:
+                scaled(task2).backward()
+                for p, g in zip(trainable, stash):
+                    if g is not None:
+                        p.grad = g if p.grad is None else p.grad.add_(g)
+    except BaseException:
+        optimizer.restore()
+        raise
 
     # Step 4: step the discriminator, restore theta and step its base optimizer.
     if scaler is None:

@@ -397,6 +397,18 @@ class SAM(Optimizer):
             torch._foreach_copy_(ps, backup)
         self._perturbed = []
 
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Abandon the current SAM step: the weights return to :math:`w` exactly, and nothing else changes.
+
+        For a second pass that fails (an exception, a loss to skip): the base optimizer and its state,
+        :attr:`sam_steps` and the gradients are left alone, and the next step starts afresh with
+        :meth:`first_step`. Does nothing when the weights are not perturbed. :meth:`step` with a
+        closure calls it itself when the second closure raises.
+        """
+        self._restore()
+        self._first_done = False
+
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to :math:`w` and take the base optimizer's step; the same as :meth:`step` without a closure.
 
@@ -433,8 +445,12 @@ class SAM(Optimizer):
                 loss = closure()
             if self.first_step(zero_grad=False):
                 self.zero_grad()
-                with torch.enable_grad():
-                    loss_adv = closure()
+                try:
+                    with torch.enable_grad():
+                        loss_adv = closure()
+                except BaseException:
+                    self.restore()
+                    raise
                 if isinstance(loss, Tensor) and isinstance(loss_adv, Tensor):
                     self.last_sharpness = (loss_adv.detach() - loss.detach()).float()
                 elif loss is not None and loss_adv is not None:
