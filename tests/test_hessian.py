@@ -393,6 +393,10 @@ def test_grouped_products_take_one_block_per_class_with_different_widths(problem
     assert isinstance(out, list) and [o.shape[0] for o in out] == widths
     for c in range(NUM_CLASSES):
         torch.testing.assert_close(out[c], blocks[c] @ per_class[c], rtol=1e-10, atol=1e-10)
+    # A non-contiguous block (a transposed view) gives the same products as its contiguous copy.
+    wide = torch.randn(op.dim, 2, generator=g, dtype=torch.float64)
+    strided = op.matvec_grouped([wide.T] * NUM_CLASSES)
+    torch.testing.assert_close(strided[0], wide.T @ per_class[0], rtol=1e-10, atol=1e-10)
     # The block form and the (G, k, n) tensor form give the same products.
     v = torch.randn(NUM_CLASSES, 2, op.dim, generator=g, dtype=torch.float64)
     torch.testing.assert_close(op.matvec_grouped(v), torch.stack(op.matvec_grouped(list(v))), rtol=0, atol=0)

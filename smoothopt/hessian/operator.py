@@ -249,7 +249,7 @@ class HessianOperator:
         """One pass over the data: accumulate ``n_b * H_b v_g`` per group, then normalise (Eq. above)."""
         # NOTE: one (k_g, n) accumulator per group, written in place by _apply; fresh (G, k, n) blocks per
         # pass were slow on CPU (large allocations are page-faulted in anew every time).
-        acc = [torch.zeros_like(block) for block in vs]
+        acc = [torch.zeros(block.shape, dtype=self.dtype, device=self.device) for block in vs]  # contiguous rows
         if self.engine == "graph":
             assert self._graphs is not None  # noqa: S101 - internal invariant
             for first, group, n_b in self._graphs:
