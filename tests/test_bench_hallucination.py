@@ -325,3 +325,26 @@ def test_mean_interval_and_welch_interval():
     assert w["low"] < w["diff"] < w["high"]
     with pytest.raises(ValueError):
         welch_interval([1.0], [1.0, 2.0])
+
+
+def test_interpolation_section_reports_intervals_and_differences():
+    from benchmarks.hallucination.report import _interpolation_section
+
+    def row(means, n, rate, gap_rates):
+        gaps = [{"lo": lo, "hi": hi, "width": hi - lo, "per_neighbour_mass": g}
+                for lo, hi, g in zip(means, means[1:], gap_rates)]
+        return {"means": means, "n_train": n, "n_samples": 1000, "gaps": gaps,
+                "out_of_support": {"6sigma": {"fraction": rate}}}
+
+    small = [row([1, 2, 3], 200, r, [r, r]) for r in (0.004, 0.005, 0.006)]
+    large = [row([1, 2, 3], 20000, r, [r, r]) for r in (0.001, 0.002, 0.003)]
+    wide = [row([0, 2, 4], 20000, r, [r, r]) for r in (0.0005, 0.0006, 0.0004)]
+    four = [row([1, 2, 4, 5], 20000, 0.01, [0.003, 0.001, g]) for g in (0.005, 0.007, 0.009)]
+    text = "\n".join(_interpolation_section({"k_sigma": 6.0}, {"a": small, "b": large, "c": wide, "d": four},
+                                            "6sigma"))
+    # Rate 0.5% at N = 200 with sd 0.1 points: t(0.975, 2) * 0.1 / sqrt(3) = 0.248 points.
+    assert "| [1, 2, 3] | 200 | 3 | 1000 | 0.500% [0.252, 0.748] |" in text
+    assert "N = 200 minus rate at N = 20000: +0.300 points" in text
+    assert "spacing 1 minus spacing 2" in text and "+0.150 points" in text
+    # Narrow gaps (mean of 0.3% and 0.5/0.7/0.9%) minus the wide gap (0.1%): 0.3, 0.4, 0.5 points.
+    assert "width-1 gaps (mean) minus width-2 gap, normalised: 0.400% [0.152, 0.648]" in text
