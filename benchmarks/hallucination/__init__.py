@@ -55,7 +55,7 @@ _CPU["windows"] = ["K2", "K3", "K4", "K5", "K6", "K7", "K10", "K20"]
 _CPU["primary_window"] = {"oned": "K10", "grid": "select", "shapes": "t20"}
 # Mode distance: besides the paper's {1, 2, 3} and {1, 2, 4, 5}, three modes centred on 2 at spacings 2 and 3.
 _CPU["oned"].update(means=[[1, 2, 3], [0, 2, 4], [-1, 2, 5], [1, 2, 4, 5]], sizes=[200, 1_000, 20_000],
-                    replicates=3, steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3, samples=20_000)
+                    replicates=8, steps=2_000, batch_size=1_024, lr=1e-3, lr_final=1e-3, samples=20_000)
 _CPU["grid"].update(steps=30_000, batch_size=1_024, lr=1e-3, lr_final=1e-5, ema_decay=0.999, samples=50_000,
                     select_samples=20_000)
 _CPU["shapes"].update(n=2_000, size=32, channels=[8, 16, 16], steps=600, batch_size=32, lr=2e-3, lr_final=1e-4,
