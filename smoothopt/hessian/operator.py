@@ -395,17 +395,12 @@ class HessianOperator:
             if any(h is not None for h in hv):
                 out.add_(flatten(hv, self.params), alpha=weight)
             return
-        spans = []
-        offset = 0
-        for p in self.params:
-            spans.append((offset, p.numel(), p.shape))
-            offset += p.numel()
         for j in range(k):
             hv = torch.autograd.grad(outputs_g, self.params, grad_outputs=[o[j] for o in cotangents],
                                      retain_graph=retain or j < k - 1, allow_unused=True)
-            # Accumulate into views of row j of ``out``: no flat temporary, no concatenation.
-            row = out[j]
-            used = [(row[o : o + m].view(shape), h) for (o, m, shape), h in zip(spans, hv) if h is not None]
+            # Accumulate into views of row j of ``out`` (contiguous, so unflatten gives views): no flat
+            # temporary, no concatenation.
+            used = [(t, h) for t, h in zip(unflatten(out[j], self.params), hv) if h is not None]
             if used:
                 torch._foreach_add_([t for t, _ in used], [h for _, h in used], alpha=weight)
 
